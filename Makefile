@@ -1,0 +1,36 @@
+# vllama — the two commands: `make demo` runs it, `make test` tests it.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help venv test-venv demo test lint unit bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+venv: ## create .venv with vllama and the engine build that fits this machine
+	scripts/setup-venv.sh
+
+test-venv: ## .venv plus test tools and client libraries
+	scripts/setup-venv.sh --test
+
+demo: venv ## build the demo model and serve it on 127.0.0.1:11434 (Ollama's port)
+	$(VENV)/bin/vllama serve --demo
+
+test: ## set everything up from a fresh clone and run every suite
+	scripts/test.sh
+
+lint: test-venv ## ruff and mypy --strict
+	$(VENV)/bin/ruff check app tests
+	$(VENV)/bin/ruff format --check app tests
+	$(VENV)/bin/mypy
+
+unit: test-venv ## the quick suites only (no engine, no containers)
+	$(PY) -m pytest tests/unit -q
+
+bench: test-venv ## side-by-side benchmarks; writes docs/performance.md and results/
+	$(PY) -m tests.perf.run
+
+clean: ## remove caches (not the venv)
+	rm -rf .cache/logs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,222 @@
+"""Settings: one typed object, merged from CLI flags > env (VLLAMA_*) > ./vllama.toml >
+~/.config/vllama/config.toml > defaults.
+
+Every other room imports `Settings` (and the small models in here) and nothing else from
+the outside world: this is the only place that reads the environment or config files.
+`load_settings` also records where each top-level value came from, for
+`vllama config --show`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "VLLAMA_"
+DEFAULT_PORT = 11434  # Ollama's port: every Ollama client's default
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which value and what to do."""
+
+
+class EngineConfig(BaseModel):
+    """A running vLLM OpenAI-compatible server the façade forwards to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    # Models served there; empty means "discover them from GET /v1/models".
+    models: list[str] = Field(default_factory=list)
+    # Sent upstream as `Authorization: Bearer` when the engine was started with --api-key.
+    api_key: str | None = None
+    # What the engine was started with, for /api/show capabilities (vLLM does not report
+    # tool/reasoning parsers). "completion"/"embedding" are detected when not given.
+    capabilities: list[Literal["completion", "embedding", "tools", "thinking", "vision"]] = Field(
+        default_factory=list
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"engine url {v!r} must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class ModelLaunch(BaseModel):
+    """A model that `vllama serve --model` starts an engine for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str  # Hugging Face repo id, local path or alias
+    served_name: str | None = None
+    engine_args: list[str] = Field(default_factory=list)
+    port: int | None = None  # None: a free port is picked
+
+
+class ApiKey(BaseModel):
+    """A client key. `name` is what logs and metrics show instead of the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    name: str
+    max_concurrency: int | None = None
+    priority: int | None = None  # passed to vLLM's priority scheduling (lower runs first)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Where the façade listens.
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+
+    # Engines already running (`--engine URL`), and models to start engines for (`--model`).
+    engines: list[EngineConfig] = Field(default_factory=list)
+    models: list[ModelLaunch] = Field(default_factory=list)
+    # Friendly names: "qwen2.5:0.5b" -> "Qwen/Qwen2.5-0.5B-Instruct". Same on /api and /v1.
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    # Limits.
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_queue: int = Field(512, ge=0)  # waiting requests before "server busy" (Ollama: 512)
+    max_in_flight: int = Field(1024, ge=1)  # concurrent upstream requests before queueing
+
+    # Upstream behaviour.
+    connect_timeout_s: float = Field(5.0, gt=0)
+    # None: no read timeout (long generations); the proxy's own read timeout still applies.
+    read_timeout_s: float | None = None
+    health_interval_s: float = Field(2.0, gt=0)
+    breaker_failures: int = Field(3, ge=1)  # consecutive failures that open the breaker
+    breaker_reset_s: float = Field(5.0, gt=0)  # open -> half-open after this long
+    retries: int = Field(2, ge=0)  # connection errors only, before the first byte
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+    # Keys and logs.
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    # Supervised engines.
+    engine_python: str | None = None  # interpreter with vLLM; None: this one
+    engine_startup_timeout_s: float = Field(900.0, gt=0)  # first loads take minutes
+    engine_grace_s: float = Field(10.0, ge=0)  # SIGTERM -> SIGKILL
+    cache_dir: Path | None = None  # Hugging Face cache; None: the hub's default
+    log_dir: Path = Path.home() / ".local" / "state" / "vllama" / "logs"
+    state_dir: Path = Path.home() / ".local" / "state" / "vllama"
+
+    # The version /api/version reports: Copilot and Open WebUI need >= 0.6.4.
+    ollama_version: str = "0.9.0"
+
+    def resolve_alias(self, name: str) -> str:
+        """The engine's model name for `name`, with or without an Ollama `:tag`."""
+        if name in self.aliases:
+            return self.aliases[name]
+        if name.endswith(":latest") and name[: -len(":latest")] in self.aliases:
+            return self.aliases[name[: -len(":latest")]]
+        return name
+
+
+# --- loading ------------------------------------------------------------------------------
+
+Source = str  # "default", "env VLLAMA_PORT", "file ./vllama.toml", "flag --port"
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "vllama" / "config.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or remove it") from exc
+
+
+def _parse_env_value(field: str, raw: str) -> Any:
+    """Env values are strings; lists and tables may be given as JSON or comma-separated."""
+    annotation = Settings.model_fields[field].annotation
+    text = str(annotation)
+    if raw.startswith(("[", "{")):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{field.upper()}: not valid JSON ({exc})") from exc
+    if field == "engines":
+        return [{"url": u.strip()} for u in raw.split(",") if u.strip()]
+    if field == "api_keys":
+        return [{"key": k.strip(), "name": f"key{i}"} for i, k in enumerate(raw.split(",")) if k.strip()]
+    if field == "aliases":
+        pairs = (p.split("=", 1) for p in raw.split(",") if "=" in p)
+        return {k.strip(): v.strip() for k, v in pairs}
+    if "list" in text:
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    return raw
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in Settings.model_fields:
+        raw = environ.get(f"{ENV_PREFIX}{field.upper()}")
+        if raw is not None:
+            out[field] = _parse_env_value(field, raw)
+    return out
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    config_file: Path | None = None,
+) -> tuple[Settings, dict[str, Source]]:
+    """Merge every layer; return the settings and, per top-level field, where it came from.
+
+    `flags` holds only the options the user actually gave (None values are dropped).
+    `config_file` (from `--config`) replaces the ./vllama.toml lookup.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    layers: list[tuple[Source, dict[str, Any]]] = []
+    user_file = user_config_path()
+    if user_file.is_file():
+        layers.append((f"file {user_file}", _read_toml(user_file)))
+    local_file = config_file if config_file is not None else cwd / "vllama.toml"
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    if local_file.is_file():
+        layers.append((f"file {local_file}", _read_toml(local_file)))
+    layers.append(("env", env_overrides(environ)))
+    layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, Source] = {name: "default" for name in Settings.model_fields}
+    for source, values in layers:
+        for key, value in values.items():
+            if key not in Settings.model_fields:
+                raise ConfigError(
+                    f"unknown setting {key!r} from {source}; `vllama config` lists the valid ones"
+                )
+            merged[key] = value
+            sources[key] = f"env {ENV_PREFIX}{key.upper()}" if source == "env" else source
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (from {sources.get(str(err['loc'][0]), '?')})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+    return settings, sources

@@ -1,0 +1,130 @@
+"""The demo model: a tiny Llama built offline in seconds, so vllama runs with no model hub.
+
+Its weights are random, so its text is gibberish; everything on the serving path (tokenizer,
+chat template, vLLM engine, streaming, usage counts) is real. Built with `tokenizers` and
+`transformers` (both come with vLLM); importing this module does not import them.
+
+Shape notes: vLLM's CPU attention kernels refuse head_dim 16, so hidden 128 / 2 heads
+gives head_dim 64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+DEMO_MODEL_NAME = "vllama-demo"
+# Bump when the recipe changes, so a cached build is rebuilt.
+RECIPE_VERSION = "1"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] if message['content'] is string else '') + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog.
+vllama serves open language models with the Ollama API in front of vLLM.
+A cat sits on the mat and a kitten rests on a rug.
+Streaming answers arrive one token at a time, as newline-delimited JSON.
+Operators run it with docker compose on a GPU host or with systemd on bare metal.
+Why is the sky blue? Because air scatters short wavelengths of sunlight more.
+Tell me a story about a lighthouse keeper who counts ships at night.
+def add(a, b):
+    return a + b
+{"name": "get_weather", "arguments": {"city": "Paris"}}
+1 2 3 4 5 6 7 8 9 10 hello world, bonjour le monde, hola mundo.
+"""
+
+
+def default_demo_dir() -> Path:
+    return Path.home() / ".cache" / "vllama" / "models" / DEMO_MODEL_NAME
+
+
+def _fingerprint() -> str:
+    return hashlib.sha256((RECIPE_VERSION + CHAT_TEMPLATE + _CORPUS).encode()).hexdigest()[:16]
+
+
+def is_built(path: Path) -> bool:
+    marker = path / "vllama-demo.json"
+    if not marker.is_file():
+        return False
+    try:
+        return bool(json.loads(marker.read_text()).get("fingerprint") == _fingerprint())
+    except (OSError, ValueError):
+        return False
+
+
+def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
+    """Build (or reuse) the demo model at `path`; return the directory vLLM can load."""
+    path = default_demo_dir() if path is None else path
+    if is_built(path) and not force:
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 2048
+    fast.save_pretrained(path)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        torch_dtype="bfloat16",
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    (path / "vllama-demo.json").write_text(
+        json.dumps({"name": DEMO_MODEL_NAME, "fingerprint": _fingerprint()}) + "\n"
+    )
+    return path
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the vllama demo model.")
+    parser.add_argument("path", nargs="?", type=Path, default=None)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    print(build_demo_model(args.path, force=args.force))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Fixtures shared by every suite: real vLLM engines (once per test session)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.engines import Engine, engine_for
+
+
+@pytest.fixture(scope="session")
+def chat_engine() -> Iterator[Engine]:
+    """A real vLLM engine (CPU build) serving the demo model as `vllama-demo`."""
+    with engine_for("chat") as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def embed_engine() -> Iterator[Engine]:
+    """A real vLLM engine serving all-MiniLM-L6-v2 (from PyPI) as `all-minilm`, 384 dims."""
+    with engine_for("embed") as engine:
+        yield engine

