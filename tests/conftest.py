@@ -21,3 +21,16 @@ def embed_engine() -> Iterator[Engine]:
     """A real vLLM engine serving all-MiniLM-L6-v2 (from PyPI) as `all-minilm`, 384 dims."""
     with engine_for("embed") as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def facade_url(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
+    """The normal setup: one real façade in front of both real engines."""
+    from tests.facade import run_facade
+
+    with run_facade(
+        engines=[{"url": chat_engine.url}, {"url": embed_engine.url}],
+        aliases={"demo": "vllama-demo"},
+        log_format="text",
+    ) as url:
+        yield url

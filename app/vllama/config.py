@@ -90,6 +90,11 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_queue: int = Field(512, ge=0)  # waiting requests before "server busy" (Ollama: 512)
     max_in_flight: int = Field(1024, ge=1)  # concurrent upstream requests before queueing
+    # Per-client rate limit on inference routes (429 + Retry-After); None: off. Client =
+    # the peer address, or X-Forwarded-For's last untrusted hop when the peer is trusted.
+    rate_limit_per_minute: int | None = Field(None, ge=1)
+    rate_limit_burst: int = Field(10, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
 
     # Upstream behaviour.
     connect_timeout_s: float = Field(5.0, gt=0)
