@@ -29,8 +29,10 @@ lint: test-venv ## ruff and mypy --strict
 unit: test-venv ## the quick suites only (no engine, no containers)
 	$(PY) -m pytest tests/unit -q
 
-bench: test-venv ## side-by-side benchmarks; writes docs/performance.md and results/
-	$(PY) -m tests.perf.run
+bench: test-venv ## side-by-side benchmarks (not pass/fail); writes docs/performance.md
+	scripts/install-system-deps.sh
+	scripts/setup-bench-venv.sh
+	$(PY) -m tests.perf.run $(BENCH_ARGS)
 
 clean: ## remove caches (not the venv)
 	rm -rf .cache/logs .pytest_cache .mypy_cache .ruff_cache
