@@ -6,7 +6,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.engines import Engine, engine_for
+from tests.engines import Engine, engine_for, prestart
+
+_SESSION_ENGINE_FIXTURES = {"chat_engine": "chat", "embed_engine": "embed", "facade_url": None}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start loading the session engines the collected tests need, both at once: each takes
+    a minute or more to load, and loading them one after the other doubles the wait."""
+    wanted: set[str] = set()
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            if name == "facade_url":
+                wanted |= {"chat", "embed"}
+            elif (kind := _SESSION_ENGINE_FIXTURES.get(name)) is not None:
+                wanted.add(kind)
+    for kind in sorted(wanted):
+        prestart(kind)
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +50,10 @@ def facade_url(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
         log_format="text",
     ) as url:
         yield url
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop engines that were started ahead of need but never used (e.g. deselected tests)."""
+    from tests.engines import stop_prestarted
+
+    stop_prestarted()

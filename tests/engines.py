@@ -59,14 +59,42 @@ def engine_env() -> dict[str, str]:
 
 
 def engine_command(kind: str, port: int) -> list[str]:
-    base = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
-            "--port", str(port), "--dtype", "bfloat16", "--disable-log-stats"]
+    base = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--disable-log-stats",
+    ]
     if kind == "chat":
-        return [*base, "--model", str(demo_model_dir()), "--served-model-name", CHAT_MODEL,
-                "--max-model-len", "512", "--seed", "0"]
+        return [
+            *base,
+            "--model",
+            str(demo_model_dir()),
+            "--served-model-name",
+            CHAT_MODEL,
+            "--max-model-len",
+            "512",
+            "--seed",
+            "0",
+        ]
     if kind == "embed":
-        return [*base, "--model", str(embed_model_dir()), "--served-model-name", EMBED_MODEL,
-                "--runner", "pooling", "--max-model-len", "256"]
+        return [
+            *base,
+            "--model",
+            str(embed_model_dir()),
+            "--served-model-name",
+            EMBED_MODEL,
+            "--runner",
+            "pooling",
+            "--max-model-len",
+            "256",
+        ]
     raise ValueError(kind)
 
 
@@ -94,8 +122,10 @@ class Engine:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} engine exited with {self.proc.returncode}; "
-                                   f"see {self.log}:\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.kind} engine exited with {self.proc.returncode}; "
+                    f"see {self.log}:\n{self.tail()}"
+                )
             if http_ok(f"{self.url}/health"):
                 return
             time.sleep(0.5)
@@ -132,11 +162,16 @@ def start_engine(kind: str, port: int | None = None, *, wait: bool = True) -> En
     log = LOGS / f"engine-{kind}-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            engine_command(kind, port), stdout=out, stderr=subprocess.STDOUT,
-            env=engine_env(), start_new_session=True, cwd=str(REPO),
+            engine_command(kind, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=engine_env(),
+            start_new_session=True,
+            cwd=str(REPO),
         )
-    engine = Engine(kind, f"http://127.0.0.1:{port}",
-                    CHAT_MODEL if kind == "chat" else EMBED_MODEL, proc, log)
+    engine = Engine(
+        kind, f"http://127.0.0.1:{port}", CHAT_MODEL if kind == "chat" else EMBED_MODEL, proc, log
+    )
     if wait:
         try:
             engine.wait_healthy()
@@ -144,6 +179,16 @@ def start_engine(kind: str, port: int | None = None, *, wait: bool = True) -> En
             engine.stop()
             raise
     return engine
+
+
+# Engines started ahead of need (see prestart), so the session's two loads overlap.
+_prestarted: dict[str, Engine] = {}
+
+
+def prestart(kind: str) -> None:
+    """Begin loading the session engine of `kind` now, without waiting for it."""
+    if kind not in _prestarted and not os.environ.get(f"VLLAMA_TEST_{kind.upper()}_ENGINE"):
+        _prestarted[kind] = start_engine(kind, wait=False)
 
 
 @contextlib.contextmanager
@@ -155,8 +200,9 @@ def engine_for(kind: str) -> Iterator[Engine]:
         engine.wait_healthy(30)
         yield engine
         return
-    engine = start_engine(kind)
+    engine = _prestarted.pop(kind, None) or start_engine(kind, wait=False)
     try:
+        engine.wait_healthy()
         yield engine
     finally:
         engine.stop()
@@ -171,7 +217,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
     engine = start_engine(args.kind, args.port)
-    print(f"{args.kind} engine ready at {engine.url} (log {engine.log}); Ctrl-C stops it", flush=True)
+    print(
+        f"{args.kind} engine ready at {engine.url} (log {engine.log}); Ctrl-C stops it", flush=True
+    )
     try:
         assert engine.proc is not None
         engine.proc.wait()
@@ -183,3 +231,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def stop_prestarted() -> None:
+    while _prestarted:
+        _prestarted.popitem()[1].stop()

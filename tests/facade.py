@@ -20,13 +20,21 @@ from tests.engines import free_port, http_ok
 @contextlib.contextmanager
 def run_facade(**settings: Any) -> Iterator[str]:
     """Yield the base URL of a façade built from `Settings(**settings)`."""
-    from vllama.config import Settings
     from vllama.server.app import create_app
+
+    from vllama.config import Settings
 
     port = free_port()
     app = create_app(Settings(host="127.0.0.1", port=port, **settings))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            loop="uvloop", http="httptools", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

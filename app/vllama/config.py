@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "VLLAMA_"
@@ -162,7 +162,9 @@ def _parse_env_value(field: str, raw: str) -> Any:
     if field == "engines":
         return [{"url": u.strip()} for u in raw.split(",") if u.strip()]
     if field == "api_keys":
-        return [{"key": k.strip(), "name": f"key{i}"} for i, k in enumerate(raw.split(",")) if k.strip()]
+        return [
+            {"key": k.strip(), "name": f"key{i}"} for i, k in enumerate(raw.split(",")) if k.strip()
+        ]
     if field == "aliases":
         pairs = (p.split("=", 1) for p in raw.split(",") if "=" in p)
         return {k.strip(): v.strip() for k, v in pairs}

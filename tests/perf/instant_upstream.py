@@ -31,34 +31,69 @@ class Responses:
     def __init__(self, chunks: int) -> None:
         created = int(time.time())
         self.models = self._json(
-            {"object": "list", "data": [{"id": MODEL, "object": "model", "created": created,
-                                         "owned_by": "vllm", "root": "instant", "parent": None,
-                                         "max_model_len": 512}]}
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": MODEL,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "vllm",
+                        "root": "instant",
+                        "parent": None,
+                        "max_model_len": 512,
+                    }
+                ],
+            }
         )
         usage = {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}
         self.chat = self._json(
-            {"id": "chatcmpl-instant", "object": "chat.completion", "created": created,
-             "model": MODEL, "usage": usage,
-             "choices": [{"index": 0, "finish_reason": "stop",
-                          "message": {"role": "assistant", "content": "hello " * chunks}}]}
+            {
+                "id": "chatcmpl-instant",
+                "object": "chat.completion",
+                "created": created,
+                "model": MODEL,
+                "usage": usage,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "hello " * chunks},
+                    }
+                ],
+            }
         )
-        head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"transfer-encoding: chunked\r\n\r\n")
+        head = (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
 
         def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-            body = {"id": "chatcmpl-instant", "object": "chat.completion.chunk",
-                    "created": created, "model": MODEL,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            body = {
+                "id": "chatcmpl-instant",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": MODEL,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
             return _chunk(b"data: " + json.dumps(body).encode() + b"\n\n")
 
         self.stream_parts = [head + event({"role": "assistant", "content": ""})]
         self.stream_parts += [event({"content": "hello "}) for _ in range(chunks)]
         self.stream_parts.append(event({}, "stop"))
-        last = {"id": "chatcmpl-instant", "object": "chat.completion.chunk", "created": created,
-                "model": MODEL, "choices": [], "usage": usage}
+        last = {
+            "id": "chatcmpl-instant",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": MODEL,
+            "choices": [],
+            "usage": usage,
+        }
         self.stream_parts.append(
             _chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
-            + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+            + _chunk(b"data: [DONE]\n\n")
+            + b"0\r\n\r\n"
         )
         self.ok_empty = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
         self.not_found = self._json({"error": {"message": "not found", "code": 404}}, 404)
@@ -67,8 +102,10 @@ class Responses:
     def _json(obj: Any, status: int = 200) -> bytes:
         body = json.dumps(obj).encode()
         reason = b"OK" if status == 200 else b"Not Found"
-        return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                % (status, reason, len(body), body))
+        return (
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, reason, len(body), body)
+        )
 
 
 class Protocol(asyncio.Protocol):
@@ -115,8 +152,11 @@ class Protocol(asyncio.Protocol):
             self.transport.write(r.ok_empty)
         elif url.startswith(b"/_stats"):
             use = resource.getrusage(resource.RUSAGE_SELF)
-            self.transport.write(Responses._json(
-                {"requests": self.stats["requests"], "cpu_s": use.ru_utime + use.ru_stime}))
+            self.transport.write(
+                Responses._json(
+                    {"requests": self.stats["requests"], "cpu_s": use.ru_utime + use.ru_stime}
+                )
+            )
         else:
             self.transport.write(r.not_found)
         if not self.parser.should_keep_alive():
@@ -127,8 +167,9 @@ async def serve(port: int, chunks: int) -> None:
     responses = Responses(chunks)
     stats = {"requests": 0}
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Protocol(responses, stats), "127.0.0.1", port,
-                                      backlog=4096)
+    server = await loop.create_server(
+        lambda: Protocol(responses, stats), "127.0.0.1", port, backlog=4096
+    )
     async with server:
         await server.serve_forever()
 

@@ -85,8 +85,14 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc
     port = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 0
     log = BENCH_DIR / f"{name}.log"
     with log.open("wb") as out:
-        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
-                                 env={**os.environ, **(env or {})}, start_new_session=True)
+        popen = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO),
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     return Proc(name, f"http://127.0.0.1:{port}", popen, log)
 
 
@@ -101,8 +107,18 @@ def running(proc: Proc, ready_path: str, timeout: float = 120.0) -> Iterator[Pro
 
 def instant_upstream(chunks: int = 16) -> Proc:
     port = free_port()
-    return _spawn("instant-upstream", [sys.executable, "-m", "tests.perf.instant_upstream",
-                                       "--port", str(port), "--chunks", str(chunks)])
+    return _spawn(
+        "instant-upstream",
+        [
+            sys.executable,
+            "-m",
+            "tests.perf.instant_upstream",
+            "--port",
+            str(port),
+            "--chunks",
+            str(chunks),
+        ],
+    )
 
 
 def facade(engine_url: str, name: str = "facade", workers: int = 1) -> Proc:
@@ -166,10 +182,26 @@ def litellm(upstream_url: str) -> Proc | None:
 litellm_settings:
   telemetry: false
 """)
-    env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "LITELLM_TELEMETRY": "False"}
-    return _spawn("litellm", [str(LITELLM_BIN), "--config", str(conf), "--host", "127.0.0.1",
-                              "--port", str(port), "--num_workers", "1"], env)
+    env = {
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+    }
+    return _spawn(
+        "litellm",
+        [
+            str(LITELLM_BIN),
+            "--config",
+            str(conf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        env,
+    )
 
 
 def upstream_stats(url: str) -> dict[str, float]:

@@ -17,12 +17,16 @@ def _fmt(v: Any) -> str:
 
 
 def _table(levels: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]:
-    lines = ["| load | target | " + " | ".join(h for h, _ in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    lines = [
+        "| load | target | " + " | ".join(h for h, _ in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
     for load, targets in levels.items():
         for name in sorted(targets, key=lambda n: _ORDER.index(n) if n in _ORDER else 99):
             row = targets[name]
-            lines.append(f"| {load} | {name} | " + " | ".join(_fmt(row.get(k)) for _, k in columns) + " |")
+            lines.append(
+                f"| {load} | {name} | " + " | ".join(_fmt(row.get(k)) for _, k in columns) + " |"
+            )
     return lines
 
 
@@ -45,27 +49,43 @@ def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
         for t in ("facade_v1", "facade_api"):
             lite = c64.get(t, {}).get("throughput_vs_litellm")
             ngx = c64.get(t, {}).get("throughput_vs_nginx")
-            check(f"throughput c=64 {mode}, {t} / LiteLLM", "≥ 3×", lite,
-                  None if lite is None else lite >= 3.0)
-            check(f"throughput c=64 {mode}, {t} / Nginx", "≥ 0.5×", ngx,
-                  None if ngx is None else ngx >= 0.5)
+            check(
+                f"throughput c=64 {mode}, {t} / LiteLLM",
+                "≥ 3×",
+                lite,
+                None if lite is None else lite >= 3.0,
+            )
+            check(
+                f"throughput c=64 {mode}, {t} / Nginx",
+                "≥ 0.5×",
+                ngx,
+                None if ngx is None else ngx >= 0.5,
+            )
     e2e = results.get("e2e", {})
     c32 = e2e.get("levels", {}).get("stream/c32", {})
     for t, limit in (("facade_v1", 0.97), ("facade_api", 0.92)):
         ratio = c32.get(t, {}).get("tokens_vs_direct")
-        check(f"output tokens/s c=32, {t} / direct", f"≥ {limit:.0%}", ratio,
-              None if ratio is None else ratio >= limit)
+        check(
+            f"output tokens/s c=32, {t} / direct",
+            f"≥ {limit:.0%}",
+            ratio,
+            None if ratio is None else ratio >= limit,
+        )
         ttft = c32.get(t, {}).get("added_ttft_p50_ms")
         check(f"added TTFT p50 c=32, {t}", "≤ 3 ms", ttft, None if ttft is None else ttft <= 3.0)
     for t in ("facade_api", "facade_v1"):
         s = e2e.get("streams_256", {}).get(t)
         if s:
             ok = s["errors"] == 0 and (s["max_stall_ms"] or 0) <= 1000
-            check(f"256 streams via {t}: errors / max stall ms", "0 / ≤ 1000",
-                  None, ok)
+            check(f"256 streams via {t}: errors / max stall ms", "0 / ≤ 1000", None, ok)
             out[-1] = (out[-1][0], out[-1][1], f"{s['errors']} / {_fmt(s['max_stall_ms'])}", ok)
-    rss = max(results.get("overhead", {}).get("facade_peak_rss_mb") or 0,
-              e2e.get("facade_peak_rss_mb") or 0) or None
+    rss = (
+        max(
+            results.get("overhead", {}).get("facade_peak_rss_mb") or 0,
+            e2e.get("facade_peak_rss_mb") or 0,
+        )
+        or None
+    )
     check("façade peak RSS under load (MB)", "≤ 150", rss, None if rss is None else rss <= 150)
     return out
 
@@ -99,19 +119,27 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         lines += [
             "## Overhead against an instant upstream",
             "",
-            f"Upstream: `tests/perf/instant_upstream.py` (raw asyncio + httptools, prebuilt answers,",
+            "Upstream: `tests/perf/instant_upstream.py` (raw asyncio + httptools, prebuilt answers,",
             f"16 chunks per stream); its own cost: {over['upstream_cpu_us_per_request']} µs CPU per request.",
             f"Client ceiling (fastest target, direct): {over['client_ceiling_requests_per_s']} req/s.",
             f"{over['rounds']} rounds × {over['seconds_per_run']} s per target and level.",
             "",
         ]
-        lines += _table(over["levels"], [
-            ("req/s", "requests_per_s"), ("p50 ms", "latency_p50_ms"), ("p99 ms", "latency_p99_ms"),
-            ("added p50 ms", "added_latency_p50_ms"), ("added p99 ms", "added_latency_p99_ms"),
-            ("× nginx", "throughput_vs_nginx"), ("× litellm", "throughput_vs_litellm"),
-            ("façade CPU s / 1k req", "facade_cpu_s_per_1k_requests"), ("errors", "errors"),
-            ("client cpu", "client_cpu_share"),
-        ])
+        lines += _table(
+            over["levels"],
+            [
+                ("req/s", "requests_per_s"),
+                ("p50 ms", "latency_p50_ms"),
+                ("p99 ms", "latency_p99_ms"),
+                ("added p50 ms", "added_latency_p50_ms"),
+                ("added p99 ms", "added_latency_p99_ms"),
+                ("× nginx", "throughput_vs_nginx"),
+                ("× litellm", "throughput_vs_litellm"),
+                ("façade CPU s / 1k req", "facade_cpu_s_per_1k_requests"),
+                ("errors", "errors"),
+                ("client cpu", "client_cpu_share"),
+            ],
+        )
         lines += ["", f"Façade peak RSS in this phase: {over['facade_peak_rss_mb']} MB.", ""]
     e2e = results.get("e2e")
     if e2e:
@@ -121,19 +149,40 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             f"64 output tokens per request, streaming. {e2e['rounds']} rounds × {e2e['seconds_per_run']} s.",
             "",
         ]
-        lines += _table(e2e["levels"], [
-            ("tok/s", "output_tokens_per_s"), ("× direct", "tokens_vs_direct"),
-            ("TTFT p50 ms", "ttft_p50_ms"), ("added TTFT p50 ms", "added_ttft_p50_ms"),
-            ("ITL p50 ms", "itl_p50_ms"), ("ITL p99 ms", "itl_p99_ms"),
-            ("façade CPU s / 1k req", "facade_cpu_s_per_1k_requests"), ("errors", "errors"),
-        ])
-        lines += ["", "256 concurrent streams (64 tokens each):", "",
-                  "| target | ok | errors | max stall ms | wall s |", "|---|---|---|---|---|"]
+        lines += _table(
+            e2e["levels"],
+            [
+                ("tok/s", "output_tokens_per_s"),
+                ("× direct", "tokens_vs_direct"),
+                ("TTFT p50 ms", "ttft_p50_ms"),
+                ("added TTFT p50 ms", "added_ttft_p50_ms"),
+                ("ITL p50 ms", "itl_p50_ms"),
+                ("ITL p99 ms", "itl_p99_ms"),
+                ("façade CPU s / 1k req", "facade_cpu_s_per_1k_requests"),
+                ("errors", "errors"),
+            ],
+        )
+        lines += [
+            "",
+            "256 concurrent streams (64 tokens each):",
+            "",
+            "| target | ok | errors | max stall ms | wall s |",
+            "|---|---|---|---|---|",
+        ]
         for name, s in e2e.get("streams_256", {}).items():
-            lines.append(f"| {name} | {s['ok']} | {s['errors']} | {_fmt(s['max_stall_ms'])} | {s['wall_s']} |")
+            lines.append(
+                f"| {name} | {s['ok']} | {s['errors']} | {_fmt(s['max_stall_ms'])} | {s['wall_s']} |"
+            )
         lines += ["", f"Façade peak RSS in this phase: {e2e['facade_peak_rss_mb']} MB.", ""]
-    lines += ["## Targets (issue 8)", "", "| target | threshold | measured | met |", "|---|---|---|---|"]
+    lines += [
+        "## Targets (issue 8)",
+        "",
+        "| target | threshold | measured | met |",
+        "|---|---|---|---|",
+    ]
     for name, limit, value, ok in evaluate(results):
-        lines.append(f"| {name} | {limit} | {value} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
+        lines.append(
+            f"| {name} | {limit} | {value} | {'–' if ok is None else ('yes' if ok else '**no**')} |"
+        )
     lines.append("")
     path.write_text("\n".join(lines))

@@ -38,11 +38,29 @@ MODEL = "vllama-demo"
 RESULTS = REPO / "docs" / "performance-results.json"
 
 
-def level(url: str, api: str, stream: bool, concurrency: int, duration: float,
-          max_requests: int, api_key: str | None = None, max_tokens: int = 16) -> dict[str, Any]:
-    spec = LoadSpec(url=url, model=MODEL, api=api, stream=stream,  # type: ignore[arg-type]
-                    concurrency=concurrency, requests=max_requests, duration_s=duration,
-                    max_tokens=max_tokens, prompt_tokens=16, timeout_s=120, api_key=api_key)
+def level(
+    url: str,
+    api: str,
+    stream: bool,
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    api_key: str | None = None,
+    max_tokens: int = 16,
+) -> dict[str, Any]:
+    spec = LoadSpec(
+        url=url,
+        model=MODEL,
+        api=api,
+        stream=stream,  # type: ignore[arg-type]
+        concurrency=concurrency,
+        requests=max_requests,
+        duration_s=duration,
+        max_tokens=max_tokens,
+        prompt_tokens=16,
+        timeout_s=120,
+        api_key=api_key,
+    )
     return asyncio.run(run_level(spec))
 
 
@@ -71,16 +89,27 @@ def run_interleaved(
                 for name in order:
                     url, api, key = targets[name]
                     cpu0 = facade.cpu_seconds()
-                    result = level(url, api, stream, c, duration, max_requests=100_000,
-                                   api_key=key, max_tokens=max_tokens)
+                    result = level(
+                        url,
+                        api,
+                        stream,
+                        c,
+                        duration,
+                        max_requests=100_000,
+                        api_key=key,
+                        max_tokens=max_tokens,
+                    )
                     cpu = facade.cpu_seconds() - cpu0
                     if name.startswith("facade") and result["ok"]:
                         result["facade_cpu_s_per_1k_requests"] = round(cpu / result["ok"] * 1000, 3)
                     result["round"] = r
                     runs[name].append(result)
-                    print(f"  {'stream' if stream else 'plain '} c={c:<3} round {r} {name:<11} "
-                          f"{result['requests_per_s']:>8} req/s  p50 {result['latency_ms']['p50']} ms"
-                          f"  errors {result['errors']}", flush=True)
+                    print(
+                        f"  {'stream' if stream else 'plain '} c={c:<3} round {r} {name:<11} "
+                        f"{result['requests_per_s']:>8} req/s  p50 {result['latency_ms']['p50']} ms"
+                        f"  errors {result['errors']}",
+                        flush=True,
+                    )
             out[f"{'stream' if stream else 'plain'}/c{c}"] = aggregate(runs)
     return out
 
@@ -104,31 +133,53 @@ def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         }
         if "facade_cpu_s_per_1k_requests" in results[0]:
             row["facade_cpu_s_per_1k_requests"] = median(
-                [r.get("facade_cpu_s_per_1k_requests") for r in results])
+                [r.get("facade_cpu_s_per_1k_requests") for r in results]
+            )
         if base and name != "direct":
             pairs = list(zip(results, base, strict=False))
             row["added_latency_p50_ms"] = median(
-                [r["latency_ms"]["p50"] - b["latency_ms"]["p50"] for r, b in pairs
-                 if r["latency_ms"]["p50"] is not None and b["latency_ms"]["p50"] is not None])
+                [
+                    r["latency_ms"]["p50"] - b["latency_ms"]["p50"]
+                    for r, b in pairs
+                    if r["latency_ms"]["p50"] is not None and b["latency_ms"]["p50"] is not None
+                ]
+            )
             row["added_latency_p99_ms"] = median(
-                [r["latency_ms"]["p99"] - b["latency_ms"]["p99"] for r, b in pairs
-                 if r["latency_ms"]["p99"] is not None and b["latency_ms"]["p99"] is not None])
+                [
+                    r["latency_ms"]["p99"] - b["latency_ms"]["p99"]
+                    for r, b in pairs
+                    if r["latency_ms"]["p99"] is not None and b["latency_ms"]["p99"] is not None
+                ]
+            )
             row["added_ttft_p50_ms"] = median(
-                [r["ttft_ms"]["p50"] - b["ttft_ms"]["p50"] for r, b in pairs
-                 if r["ttft_ms"]["p50"] is not None and b["ttft_ms"]["p50"] is not None])
+                [
+                    r["ttft_ms"]["p50"] - b["ttft_ms"]["p50"]
+                    for r, b in pairs
+                    if r["ttft_ms"]["p50"] is not None and b["ttft_ms"]["p50"] is not None
+                ]
+            )
             row["throughput_vs_direct"] = median(
-                [r["requests_per_s"] / b["requests_per_s"] for r, b in pairs if b["requests_per_s"]])
+                [r["requests_per_s"] / b["requests_per_s"] for r, b in pairs if b["requests_per_s"]]
+            )
             row["tokens_vs_direct"] = median(
-                [r["output_tokens_per_s"] / b["output_tokens_per_s"] for r, b in pairs
-                 if b["output_tokens_per_s"]])
+                [
+                    r["output_tokens_per_s"] / b["output_tokens_per_s"]
+                    for r, b in pairs
+                    if b["output_tokens_per_s"]
+                ]
+            )
         agg[name] = row
     for name in agg:
         for other in ("nginx", "litellm"):
             if other in runs and name != other:
                 pairs = list(zip(runs[name], runs[other], strict=False))
                 agg[name][f"throughput_vs_{other}"] = median(
-                    [r["requests_per_s"] / o["requests_per_s"] for r, o in pairs
-                     if o["requests_per_s"]])
+                    [
+                        r["requests_per_s"] / o["requests_per_s"]
+                        for r, o in pairs
+                        if o["requests_per_s"]
+                    ]
+                )
     return agg
 
 
@@ -152,11 +203,12 @@ def overhead_phase(quick: bool) -> dict[str, Any]:
             targets["litellm"] = (lite.url, "openai", procs.LITELLM_KEY)
         else:
             print("LiteLLM is not installed (.venv-bench): its column is left out")
-        for name, (url, api, key) in targets.items():  # warm every target once
+        for url, api, key in targets.values():  # warm every target once
             level(url, api, True, 4, 0.5, 200, key)
         up0 = procs.upstream_stats(up.url)
-        results = run_interleaved(targets, concurrencies, rounds, duration, [False, True], fac,
-                                  max_tokens=16)
+        results = run_interleaved(
+            targets, concurrencies, rounds, duration, [False, True], fac, max_tokens=16
+        )
         up1 = procs.upstream_stats(up.url)
         served = up1["requests"] - up0["requests"]
         return {
@@ -167,7 +219,8 @@ def overhead_phase(quick: bool) -> dict[str, Any]:
             "upstream_cpu_us_per_request": round((up1["cpu_s"] - up0["cpu_s"]) / served * 1e6, 1),
             "facade_peak_rss_mb": fac.peak_rss_mb(),
             "client_ceiling_requests_per_s": max(
-                v["direct"]["requests_per_s"] for v in results.values()),
+                v["direct"]["requests_per_s"] for v in results.values()
+            ),
         }
 
 
@@ -185,18 +238,28 @@ def e2e_phase(quick: bool) -> dict[str, Any]:
             }
             for url, api, _ in targets.values():
                 level(url, api, True, 4, 1.0, 50, max_tokens=64)
-            results = run_interleaved(targets, concurrencies, rounds, duration, [True], fac,
-                                      max_tokens=64)
+            results = run_interleaved(
+                targets, concurrencies, rounds, duration, [True], fac, max_tokens=64
+            )
             stalls = {}
             for name in ("direct", "facade_api", "facade_v1"):
                 url, api, _ = targets[name]
                 r = level(url, api, True, 256, 120.0, 256, max_tokens=64)
-                stalls[name] = {k: r[k] for k in ("requests", "ok", "errors", "error_kinds",
-                                                  "max_stall_ms", "wall_s")}
-                print(f"  256 streams {name}: errors {r['errors']} max stall {r['max_stall_ms']} ms")
-            return {"levels": results, "concurrencies": concurrencies, "rounds": rounds,
-                    "seconds_per_run": duration, "streams_256": stalls,
-                    "facade_peak_rss_mb": fac.peak_rss_mb()}
+                stalls[name] = {
+                    k: r[k]
+                    for k in ("requests", "ok", "errors", "error_kinds", "max_stall_ms", "wall_s")
+                }
+                print(
+                    f"  256 streams {name}: errors {r['errors']} max stall {r['max_stall_ms']} ms"
+                )
+            return {
+                "levels": results,
+                "concurrencies": concurrencies,
+                "rounds": rounds,
+                "seconds_per_run": duration,
+                "streams_256": stalls,
+                "facade_peak_rss_mb": fac.peak_rss_mb(),
+            }
     finally:
         engine.stop()
 
@@ -212,8 +275,9 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer levels and rounds")
     parser.add_argument("--phases", default="overhead,e2e")
     args = parser.parse_args()

@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from vllama.bench.load import LoadSpec, sweep
 
-_COLUMNS = [
+_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("conc", lambda s: s["concurrency"]),
     ("ok", lambda s: s["ok"]),
     ("err", lambda s: s["errors"]),
@@ -38,17 +39,33 @@ def _concurrency_list(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", nargs="?", default="http://127.0.0.1:11434",
-                        help="the target's base URL (default: the local façade)")
+    parser.add_argument(
+        "url",
+        nargs="?",
+        default="http://127.0.0.1:11434",
+        help="the target's base URL (default: the local façade)",
+    )
     parser.add_argument("--model", required=True, help="model name as the target knows it")
     parser.add_argument("--api", choices=["ollama", "openai"], default="ollama")
-    parser.add_argument("--concurrency", type=_concurrency_list, default=[1],
-                        help="workers, or a comma list for a sweep (default 1)")
-    parser.add_argument("--requests", type=int, default=None,
-                        help="requests per level (default 100 unless --duration is given)")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency_list,
+        default=[1],
+        help="workers, or a comma list for a sweep (default 1)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="requests per level (default 100 unless --duration is given)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="seconds per level")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="open loop: arrivals per second (concurrency caps in-flight)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop: arrivals per second (concurrency caps in-flight)",
+    )
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
@@ -70,10 +87,18 @@ def run(args: argparse.Namespace) -> int:
     requests = args.requests if args.requests is not None or args.duration is not None else 100
     try:
         spec = LoadSpec(
-            url=args.url.rstrip("/"), model=args.model, api=args.api, stream=args.stream,
-            prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
-            concurrency=args.concurrency[0], requests=requests, duration_s=args.duration,
-            rate=args.rate, timeout_s=args.timeout, api_key=args.api_key,
+            url=args.url.rstrip("/"),
+            model=args.model,
+            api=args.api,
+            stream=args.stream,
+            prompt_tokens=args.prompt_tokens,
+            max_tokens=args.max_tokens,
+            concurrency=args.concurrency[0],
+            requests=requests,
+            duration_s=args.duration,
+            rate=args.rate,
+            timeout_s=args.timeout,
+            api_key=args.api_key,
         )
     except ValueError as exc:
         print(f"vllama bench: {exc}", file=sys.stderr)
@@ -86,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(levels))
     failed = all(level["ok"] == 0 for level in levels)
     if failed:
-        print("vllama bench: every request failed; check the URL, the model name and the key",
-              file=sys.stderr)
+        print(
+            "vllama bench: every request failed; check the URL, the model name and the key",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

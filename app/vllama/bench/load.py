@@ -142,7 +142,9 @@ async def run_one(session: aiohttp.ClientSession, spec: LoadSpec, index: int) ->
                 if spec.api == "ollama":
                     result.output_tokens = int(payload.get("eval_count") or 0)
                 else:
-                    result.output_tokens = int((payload.get("usage") or {}).get("completion_tokens") or 0)
+                    result.output_tokens = int(
+                        (payload.get("usage") or {}).get("completion_tokens") or 0
+                    )
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         result.error = type(exc).__name__
     result.end = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 DEMO_MODEL_NAME = "vllama-demo"
 # Bump when the recipe changes, so a cached build is rebuilt.
@@ -67,9 +68,15 @@ def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
         return path
     path.mkdir(parents=True, exist_ok=True)
 
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    # Imported here: only building needs them (they come with vLLM), and they are loosely
+    # typed, so they are used as plain modules.
+    import importlib
+
+    torch: Any = importlib.import_module("torch")
+    tokenizers: Any = importlib.import_module("tokenizers")
+    transformers: Any = importlib.import_module("transformers")
+    Tokenizer, decoders, models = tokenizers.Tokenizer, tokenizers.decoders, tokenizers.models
+    pre_tokenizers, trainers = tokenizers.pre_tokenizers, tokenizers.trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -81,7 +88,7 @@ def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="<|im_end|>",
@@ -94,7 +101,7 @@ def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
     fast.save_pretrained(path)
 
     torch.manual_seed(0)
-    config = LlamaConfig(
+    config = transformers.LlamaConfig(
         vocab_size=len(fast),
         hidden_size=128,
         intermediate_size=256,
@@ -106,9 +113,9 @@ def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
-        torch_dtype="bfloat16",
+        dtype="bfloat16",
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(path, safe_serialization=True)
     (path / "vllama-demo.json").write_text(
         json.dumps({"name": DEMO_MODEL_NAME, "fingerprint": _fingerprint()}) + "\n"

@@ -37,7 +37,9 @@ def ollama_error_body(message: str) -> bytes:
 def openai_error_body(
     status: int, message: str, *, type_: str | None = None, param: str | None = None
 ) -> bytes:
-    err_type = type_ or _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    err_type = type_ or _OPENAI_TYPES.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
     return json.dumps(
         {"error": {"message": message, "type": err_type, "code": status, "param": param}}
     ).encode()

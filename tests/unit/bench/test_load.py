@@ -54,8 +54,15 @@ def test_errors_are_counted_not_raised(upstream: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_open_loop_holds_the_arrival_rate(upstream: str) -> None:
-    spec = LoadSpec(url=upstream, model="vllama-demo", api="openai", stream=False,
-                    concurrency=8, requests=30, rate=100.0)
+    spec = LoadSpec(
+        url=upstream,
+        model="vllama-demo",
+        api="openai",
+        stream=False,
+        concurrency=8,
+        requests=30,
+        rate=100.0,
+    )
     s = asyncio.run(run_level(spec))
     assert s["ok"] == 30
     # 30 arrivals at 100/s take about 0.29 s; a closed loop would finish far sooner or later.
