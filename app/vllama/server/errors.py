@@ -7,8 +7,17 @@
 from __future__ import annotations
 
 import json
+import logging
 
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.responses import Response
+
+from vllama.upstream.errors import UpstreamError
+
+log = logging.getLogger(__name__)
 
 # OpenAI's `type` per status, as the OpenAI SDKs and vLLM use them.
 _OPENAI_TYPES = {
@@ -66,3 +75,67 @@ def error_response(
         media_type="application/json",
         headers=headers,
     )
+
+
+# --- exception handlers (installed by server.app.create_app) ------------------------------
+
+_V1_ROUTES = "/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models"
+
+
+def _not_found_message(path: str) -> str:
+    if is_openai_path(path):
+        return f"unknown path {path}; this server answers {_V1_ROUTES}"
+    return f"unknown path {path}; see the Ollama API reference for the supported routes"
+
+
+def _field(loc: tuple[object, ...] | list[object]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the path's API shape: never a traceback, never HTML."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        path = request.url.path
+        status = exc.status_code
+        headers = dict(exc.headers or {})
+        if status == 404:
+            message = _not_found_message(path)
+        elif status == 405:
+            allowed = headers.get("Allow") or headers.get("allow")
+            message = f"method {request.method} is not allowed on {path}" + (
+                f"; use {allowed}" if allowed else ""
+            )
+        else:
+            message = str(exc.detail)
+        return error_response(path, status, message, headers=headers or None)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        field = _field(first.get("loc", ()))
+        reason = str(first.get("msg", "invalid request"))
+        message = f"invalid field '{field}': {reason}" if field else f"invalid request: {reason}"
+        return error_response(request.url.path, 400, message, param=field)
+
+    async def upstream_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, UpstreamError)
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if isinstance(retry, int) else None
+        return error_response(request.url.path, exc.status, exc.message, headers=headers)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        request_id = getattr(request.state, "request_id", None)
+        ref = f" (request id {request_id})" if isinstance(request_id, str) else ""
+        return error_response(
+            request.url.path, 500, f"internal error{ref}; the server log has the details"
+        )
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(UpstreamError, upstream_error)
+    app.add_exception_handler(Exception, internal_error)

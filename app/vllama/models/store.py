@@ -1,0 +1,388 @@
+"""The model store: models on disk in the Hugging Face cache, plus the demo model.
+
+`vllama pull/list/rm` and the façade's `/api/pull`, `/api/delete`, `/api/copy` all use
+`ModelStore`. Downloads go through huggingface_hub (resumable: interrupted files continue
+from their `.incomplete` part; `HF_TOKEN` and `HF_ENDPOINT` are honoured by the hub
+client). Hub failures become `StoreError`s whose message says what to do next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vllama.config import Settings
+from vllama.engine.demo_model import DEMO_MODEL_NAME, default_demo_dir, is_built
+
+Progress = dict[str, Any]
+
+
+class StoreError(Exception):
+    """A store operation failed; `status` is the HTTP status the façade answers with."""
+
+    status = 500
+
+
+class ModelNotInStore(StoreError):
+    status = 404
+
+
+class ModelInUse(StoreError):
+    status = 409
+
+
+class HubAccessDenied(StoreError):
+    """Gated or private model (HTTP 401/403)."""
+
+    status = 403
+
+
+class HubModelNotFound(StoreError):
+    status = 404
+
+
+class HubUnreachable(StoreError):
+    status = 502
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str  # repo id, or the demo model's name
+    path: str
+    size_bytes: int
+    files: int
+    modified_unix: float
+    revisions: tuple[str, ...]
+    kind: str  # "hub" or "demo"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["revisions"] = list(self.revisions)
+        return out
+
+
+def demo_dir(settings: Settings) -> Path:
+    """Where `serve --demo` builds the demo model: next to the hub cache when one is set."""
+    if settings.cache_dir is not None:
+        return settings.cache_dir / DEMO_MODEL_NAME
+    return default_demo_dir()
+
+
+def hub_endpoint() -> str:
+    """Read at call time (the hub client reads HF_ENDPOINT once, at import)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def strip_tag(name: str) -> str:
+    """Ollama names carry a `:tag`; Hugging Face repo ids do not. `x:latest` -> `x`."""
+    return name[: -len(":latest")] if name.endswith(":latest") else name
+
+
+def _dir_size(path: Path) -> tuple[int, int, float]:
+    size = files = 0
+    modified = 0.0
+    for p in path.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            size += st.st_size
+            files += 1
+            modified = max(modified, st.st_mtime)
+    return size, files, modified
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a hub error, following the exception chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return status
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def hub_error(exc: BaseException, repo_id: str, revision: str | None) -> StoreError:
+    """Translate a huggingface_hub failure into an error that says what to do next."""
+    from huggingface_hub import errors as hf_errors
+
+    endpoint = hub_endpoint()
+    status = _http_status(exc)
+    if isinstance(exc, hf_errors.GatedRepoError) or status == 403:
+        return HubAccessDenied(
+            f"{repo_id} is gated (HTTP {status or 403}): accept its terms at {endpoint}/{repo_id} "
+            "while logged in, then set HF_TOKEN to a token of that account and pull again"
+        )
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return HubModelNotFound(
+            f"revision {revision!r} of {repo_id} not found; check --revision (a branch, tag or commit)"
+        )
+    if status == 401 or isinstance(exc, hf_errors.RepositoryNotFoundError):
+        hint = (
+            "check HF_TOKEN: it has no access to it"
+            if os.environ.get("HF_TOKEN")
+            else "if it is private or gated, set HF_TOKEN to a token with access"
+        )
+        return HubAccessDenied(
+            f"{repo_id} not found on {endpoint} or not accessible (HTTP {status or 401}): "
+            f"check the name (an 'org/model' repo id or an alias from the config); {hint}"
+        )
+    if isinstance(exc, StoreError):
+        return exc
+    return HubUnreachable(
+        f"cannot reach the model hub at {endpoint} ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}); check the network and "
+        "HTTPS_PROXY, set HF_ENDPOINT to a reachable mirror, or copy the model directory to "
+        "this machine and serve it by path (vllama serve --model /path/to/model)"
+    )
+
+
+class _Reporter:
+    """A tqdm stand-in for hf_hub_download: turns byte progress into Ollama events."""
+
+    emit: Callable[[int], None] = staticmethod(lambda n: None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.n = int(kwargs.get("initial") or 0)
+        self._last = 0.0
+        self._sent = -1
+
+    def __enter__(self) -> _Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, n: float | None = 1) -> None:
+        self.n += int(n or 0)
+        now = time.monotonic()
+        if now - self._last >= 0.2:  # a few events a second is plenty for a progress bar
+            self._last = now
+            self._send()
+
+    def _send(self) -> None:
+        if self.n != self._sent:
+            self._sent = self.n
+            type(self).emit(self.n)
+
+    def close(self) -> None:
+        self._send()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *a, **k: None  # refresh, set_postfix_str, update_transfer, ...
+
+
+class ModelStore:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.settings.cache_dir
+
+    def resolve(self, name: str) -> str:
+        """The repo id for an Ollama-style name or alias."""
+        return strip_tag(self.settings.resolve_alias(name))
+
+    # --- pull --------------------------------------------------------------------------
+
+    def pull(self, name: str, *, revision: str | None = None, progress: bool = True) -> Path:
+        """Download (or finish downloading) a model with the hub client's progress bars."""
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
+
+        repo_id = self.resolve(name)
+        (enable_progress_bars if progress else disable_progress_bars)()
+        try:
+            return Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=self.cache_dir,
+                    max_workers=4,
+                    endpoint=hub_endpoint(),
+                )
+            )
+        except Exception as exc:
+            raise hub_error(exc, repo_id, revision) from exc
+
+    async def pull_progress(
+        self, name: str, *, revision: str | None = None
+    ) -> AsyncIterator[Progress]:
+        """Ollama-style progress: manifest, one {status,digest,total,completed} series per
+        file, then success. Raises StoreError (before or between events)."""
+        repo_id = self.resolve(name)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Progress | BaseException | None] = asyncio.Queue()
+
+        def put(item: Progress | BaseException | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._download_reporting(repo_id, revision, put)
+                put(None)
+            except Exception as exc:
+                put(hub_error(exc, repo_id, revision))
+
+        yield {"status": "pulling manifest"}
+        thread = threading.Thread(target=work, name=f"pull-{repo_id}", daemon=True)
+        thread.start()
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        yield {"status": "verifying sha256 digest"}
+        yield {"status": "writing manifest"}
+        yield {"status": "success"}
+
+    def _download_reporting(
+        self, repo_id: str, revision: str | None, put: Callable[[Progress], None]
+    ) -> None:
+        from huggingface_hub import hf_hub_download, snapshot_download
+
+        endpoint = hub_endpoint()
+        plan = snapshot_download(
+            repo_id, revision=revision, cache_dir=self.cache_dir, dry_run=True, endpoint=endpoint
+        )
+        for info in plan:
+            total = int(info.file_size or 0)
+            digest = (
+                "sha256:"
+                + hashlib.sha256(
+                    f"{repo_id}@{info.commit_hash}/{info.filename}".encode()
+                ).hexdigest()
+            )
+            event = {"status": f"pulling {info.filename}", "digest": digest, "total": total}
+            put({**event, "completed": total if info.is_cached else 0})
+            if info.is_cached:
+                continue
+            reporter = type(
+                "FileReporter",
+                (_Reporter,),
+                {"emit": staticmethod(lambda n, e=event: put({**e, "completed": n}))},
+            )
+            hf_hub_download(
+                repo_id,
+                info.filename,
+                revision=info.commit_hash,
+                cache_dir=self.cache_dir,
+                tqdm_class=reporter,
+                endpoint=endpoint,
+            )
+        # Records the branch/tag -> commit ref, so `list` and engines find the snapshot.
+        snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir, endpoint=endpoint)
+
+    # --- list / find / delete / copy -----------------------------------------------------
+
+    def list(self) -> list[StoredModel]:
+        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound
+
+        out: list[StoredModel] = []
+        try:
+            info = scan_cache_dir(self.cache_dir)
+        except CacheNotFound:
+            info = None
+        if info is not None:
+            for repo in sorted(info.repos, key=lambda r: r.repo_id):
+                if repo.repo_type != "model":
+                    continue
+                out.append(
+                    StoredModel(
+                        name=repo.repo_id,
+                        path=str(repo.repo_path),
+                        size_bytes=repo.size_on_disk,
+                        files=repo.nb_files,
+                        modified_unix=repo.last_modified,
+                        revisions=tuple(sorted(r.commit_hash for r in repo.revisions)),
+                        kind="hub",
+                    )
+                )
+        demo = demo_dir(self.settings)
+        if is_built(demo):
+            size, files, modified = _dir_size(demo)
+            out.append(StoredModel(DEMO_MODEL_NAME, str(demo), size, files, modified, (), "demo"))
+        return out
+
+    def find(self, name: str) -> StoredModel | None:
+        wanted = self.resolve(name)
+        return next((m for m in self.list() if m.name in (wanted, strip_tag(name))), None)
+
+    def delete(self, name: str, *, serving: Collection[str] = ()) -> int:
+        """Remove a model from disk; return the bytes freed. `serving` holds what running
+        engines serve (model ids and their roots): such a model is refused."""
+        model = self.find(name)
+        if model is None:
+            raise ModelNotInStore(
+                f"model '{name}' is not in the local store ({self.cache_dir or 'the Hugging Face cache'}); "
+                "`vllama list` shows what is there"
+            )
+        if is_served(model, serving):
+            raise ModelInUse(
+                f"model '{model.name}' is being served by a running engine; stop that engine "
+                "(or `vllama serve`) first, then remove it"
+            )
+        if model.kind == "demo":
+            shutil.rmtree(model.path)
+            return model.size_bytes
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir(self.cache_dir)
+        strategy = info.delete_revisions(*model.revisions)
+        freed = strategy.expected_freed_size
+        strategy.execute()
+        # Refs and the empty repo folder stay behind after deleting revisions; drop them.
+        shutil.rmtree(model.path, ignore_errors=True)
+        return freed
+
+    def copy(self, source: str, destination: str) -> str:
+        """`ollama cp`: make `destination` an alias of `source` (for this process's
+        settings; put it under [aliases] in the config to keep it). Returns the target."""
+        target = self.settings.resolve_alias(source)
+        if not destination or destination == source:
+            raise StoreError("give a new name that differs from the source")
+        aliases = dict(self.settings.aliases)
+        aliases[strip_tag(destination)] = target
+        self.settings.aliases = aliases
+        return target
+
+
+def is_served(model: StoredModel, serving: Iterable[str]) -> bool:
+    """True when any served id or engine root names this model (repo id, path or the
+    cache folder `models--org--name`)."""
+    cache_folder = "models--" + model.name.replace("/", "--")
+    for item in serving:
+        item = strip_tag(item)
+        if item in (model.name, model.path) or cache_folder in item:
+            return True
+        if model.kind == "demo" and item.rstrip("/") == model.path.rstrip("/"):
+            return True
+    return False
+
+
+class ApiModelStore:
+    """The façade's seam (`app.state.model_store`, the protocol in server/routes/ollama.py):
+    `/api/pull` streams `pull(name)`, `/api/delete` awaits `delete(name)`. The route has
+    already refused models an engine serves."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    def pull(self, name: str) -> AsyncIterator[Progress]:
+        return self.store.pull_progress(name)
+
+    async def delete(self, name: str) -> bool:
+        try:
+            await asyncio.to_thread(self.store.delete, name)
+        except ModelNotInStore:
+            return False
+        return True

@@ -1,0 +1,215 @@
+"""Prometheus metrics of the façade. Names and labels are a contract with `monitoring/`
+(docs/development.md "Metrics"); every app gets its own registry so tests and several
+apps in one process never share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import generate_latest
+
+from vllama import __version__
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+# The classic text format every Prometheus version parses (what `generate_latest` writes).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Whole requests: from a ~1 ms /api/tags to multi-minute generations.
+_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0
+)  # fmt: skip
+# Time to first token: prefill of long prompts under load can take minutes.
+_TTFT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
+)  # fmt: skip
+# Gaps between streamed chunks: decode steps are milliseconds, stalls are seconds.
+_INTER_CHUNK_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0
+)  # fmt: skip
+# The façade's own work per request: should stay well under a millisecond.
+_OVERHEAD_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
+)  # fmt: skip
+
+
+class Metrics:
+    """Every façade metric, registered in one registry (`self.registry`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `*_created` samples would double every series for a timestamp nobody graphs.
+        disable_created_metrics()
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "vllama_requests_total",
+            "Requests answered, by API, route template, model, HTTP status and key name.",
+            ("api", "route", "model", "status", "key"),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "vllama_request_duration_seconds",
+            "Time from the request's arrival to the end of its response (streams included).",
+            ("api", "route", "model"),
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vllama_time_to_first_token_seconds",
+            "Time from the request's arrival to the first generated token sent to the client.",
+            ("api", "route", "model"),
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_chunk = Histogram(
+            "vllama_inter_chunk_seconds",
+            "Gaps between consecutive streamed chunks sent to the client.",
+            ("api", "route", "model"),
+            buckets=_INTER_CHUNK_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "vllama_overhead_seconds",
+            "The façade's own time per request, upstream waits excluded.",
+            ("api", "route"),
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "vllama_prompt_tokens",
+            "Prompt tokens processed, as the engine reported them.",
+            ("model",),
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "vllama_completion_tokens",
+            "Completion tokens generated, as the engine reported them.",
+            ("model",),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "vllama_requests_in_flight",
+            "Requests being answered right now.",
+            ("api", "route"),
+            registry=r,
+        )
+        self.queued = Gauge(
+            "vllama_requests_queued",
+            "Inference requests waiting for a free slot (max_in_flight reached).",
+            registry=r,
+        )
+        self.queue_rejections = Counter(
+            "vllama_queue_rejections",
+            "Requests refused with 503 because the wait queue was full (max_queue).",
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "vllama_upstream_errors",
+            "Failed calls to engines, by engine base URL and kind of failure.",
+            ("engine", "kind"),
+            registry=r,
+        )
+        self.engine_up = Gauge(
+            "vllama_engine_up",
+            "1 when the engine's last health check passed, else 0.",
+            ("engine",),
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "vllama_engine_breaker_state",
+            "Circuit breaker per engine: 0 closed, 1 half-open, 2 open.",
+            ("engine",),
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "vllama_engine_restarts",
+            "Restarts of supervised engine processes.",
+            ("engine",),
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "vllama_auth_failures",
+            "Requests refused with 401 (missing or unknown API key).",
+            ("api",),
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "vllama_build_info",
+            "Always 1; the `version` label is the running vllama version.",
+            ("version",),
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self.queued.set(0)
+
+    # --- per request ------------------------------------------------------------------
+
+    def observe_request(
+        self, api: str, route: str, model: str, status: int, key: str, duration_s: float
+    ) -> None:
+        self.requests.labels(api, route, model, str(status), key).inc()
+        self.request_duration.labels(api, route, model).observe(duration_s)
+
+    def observe_ttft(self, api: str, route: str, model: str, seconds: float) -> None:
+        self.ttft.labels(api, route, model).observe(seconds)
+
+    def observe_inter_chunk(self, api: str, route: str, model: str, seconds: float) -> None:
+        self.inter_chunk.labels(api, route, model).observe(seconds)
+
+    def observe_overhead(self, api: str, route: str, seconds: float) -> None:
+        self.overhead.labels(api, route).observe(seconds)
+
+    def add_tokens(self, model: str, prompt: int, completion: int) -> None:
+        if prompt > 0:
+            self.prompt_tokens.labels(model).inc(prompt)
+        if completion > 0:
+            self.completion_tokens.labels(model).inc(completion)
+
+    @contextmanager
+    def track_in_flight(self, api: str, route: str) -> Iterator[None]:
+        gauge = self.in_flight.labels(api, route)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    # --- engines ------------------------------------------------------------------------
+
+    def upstream_error(self, engine: str, kind: str) -> None:
+        self.upstream_errors.labels(engine, kind).inc()
+
+    def set_engine_up(self, engine: str, up: bool) -> None:
+        self.engine_up.labels(engine).set(1 if up else 0)
+
+    def set_breaker_state(self, engine: str, state: int) -> None:
+        self.breaker_state.labels(engine).set(state)
+
+    def engine_restarted(self, engine: str) -> None:
+        self.engine_restarts.labels(engine).inc()
+
+    # --- keys and queue -------------------------------------------------------------------
+
+    def auth_failure(self, api: str) -> None:
+        self.auth_failures.labels(api).inc()
+
+    def set_queued(self, n: int) -> None:
+        self.queued.set(n)
+
+    def queue_rejected(self) -> None:
+        self.queue_rejections.inc()
+
+    # --- exposition -----------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)

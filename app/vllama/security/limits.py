@@ -1,0 +1,203 @@
+"""Admission control for inference requests, all O(1) per request:
+
+- `KeyConcurrency`: at most `max_concurrency` requests at once per API key (429).
+- `AdmissionQueue`: `max_in_flight` requests run, up to `max_queue` wait in FIFO order,
+  the rest get 503 "server busy" with Retry-After instead of piling up.
+- `RateLimiter`: a token bucket per client (429 + Retry-After).
+- `client_address`: the peer, or X-Forwarded-For's last untrusted hop behind a trusted proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+
+from vllama.config import ApiKey
+
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+BUSY_RETRY_AFTER_S = 2
+
+
+class KeyConcurrency:
+    """Counts running requests per key name; keys without a limit are not counted."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, int] = {}
+
+    def try_acquire(self, key: ApiKey | None) -> bool:
+        if key is None or key.max_concurrency is None:
+            return True
+        n = self._running.get(key.name, 0)
+        if n >= key.max_concurrency:
+            return False
+        self._running[key.name] = n + 1
+        return True
+
+    def release(self, key: ApiKey | None) -> None:
+        if key is None or key.max_concurrency is None:
+            return
+        n = self._running.get(key.name, 0) - 1
+        if n > 0:
+            self._running[key.name] = n
+        else:
+            self._running.pop(key.name, None)
+
+    def running(self, name: str) -> int:
+        return self._running.get(name, 0)
+
+
+class ServerBusyError(Exception):
+    """The wait queue is full."""
+
+
+class AdmissionQueue:
+    """`max_in_flight` slots; `max_queue` waiters in FIFO order; beyond that, refuse.
+
+    Single event loop only (the façade's). `on_queued(n)` reports the waiting count.
+    """
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        max_queue: int,
+        on_queued: Callable[[int], None] | None = None,
+    ) -> None:
+        self.max_in_flight = max_in_flight
+        self.max_queue = max_queue
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._on_queued = on_queued
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def _report(self) -> None:
+        if self._on_queued is not None:
+            self._on_queued(len(self._waiters))
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line if needed; ServerBusyError when the line is full."""
+        if self.in_flight < self.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise ServerBusyError(BUSY_MESSAGE)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._report()
+        try:
+            await fut  # release() hands its slot over: in_flight is already counted for us
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot arrived just as we were cancelled: pass it on
+            else:
+                self._remove(fut)
+            raise
+
+    def _remove(self, fut: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):  # O(n), only on cancellation while waiting
+            self._waiters.remove(fut)
+        self._report()
+
+    def release(self) -> None:
+        """Give the slot back, or hand it straight to the first waiter."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                self._report()
+                return
+        self._report()
+        self.in_flight -= 1
+
+
+class RateLimiter:
+    """Token bucket per client: `per_minute` tokens a minute, up to `burst` at once.
+
+    At most `max_clients` buckets are kept (least recently seen dropped first) so memory
+    stays bounded whatever the number of clients.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        burst: int,
+        *,
+        max_clients: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def hit(self, client: str) -> float:
+        """0.0 when the request may pass (a token is taken), else seconds until it may."""
+        now = self._clock()
+        tokens, last = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._store(client, tokens - 1.0, now)
+            return 0.0
+        self._store(client, tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _store(self, client: str, tokens: float, now: float) -> None:
+        self._buckets[client] = (tokens, now)
+        self._buckets.move_to_end(client)
+        if len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+class TrustedProxies:
+    """Addresses and networks whose X-Forwarded-For is believed."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self._exact: set[str] = set()
+        self._nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            if "/" in entry:
+                self._nets.append(ipaddress.ip_network(entry, strict=False))
+            else:
+                self._exact.add(entry)
+
+    def __contains__(self, addr: str) -> bool:
+        if addr in self._exact:
+            return True
+        if not self._nets:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._nets)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: TrustedProxies) -> str:
+    """The client a request counts against.
+
+    Behind a trusted proxy, X-Forwarded-For is read right to left and the first hop that
+    is not itself a trusted proxy is the client (the left part is client-controlled).
+    """
+    client = peer or "unknown"
+    if forwarded_for is None or client not in trusted:
+        return client
+    for hop in reversed(forwarded_for.split(",")):
+        hop = hop.strip()
+        if not hop:
+            continue
+        client = hop
+        if hop not in trusted:
+            break
+    return client

@@ -1,0 +1,60 @@
+"""create_app(settings): the façade as one FastAPI app.
+
+The pool starts and stops with the app's lifespan. Docs routes (/docs, /redoc,
+/openapi.json) are off: the public surface is exactly the Ollama and OpenAI APIs plus
+health and metrics. The hot path has no BaseHTTPMiddleware: the only middleware is
+obs-security's raw ASGI RequestContextMiddleware.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from vllama import __version__
+from vllama.config import Settings
+from vllama.observability.metrics import Metrics
+from vllama.security.keys import KeyStore
+from vllama.server.errors import install_error_handlers
+from vllama.server.middleware import RequestContextMiddleware
+from vllama.server.routes import health, ollama, openai
+from vllama.server.routes import metrics as metrics_routes
+from vllama.upstream.pool import EnginePool
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    pool = EnginePool(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await pool.start()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="vllama",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.pool = pool
+    app.state.metrics = metrics
+    app.state.started_at = time.monotonic()
+    app.state.keys = KeyStore.from_settings(settings)
+
+    install_error_handlers(app)
+    for module in (health, openai, ollama, metrics_routes):
+        app.include_router(module.router)
+    app.add_middleware(
+        RequestContextMiddleware, settings=settings, metrics=metrics, keys=app.state.keys
+    )
+    return app

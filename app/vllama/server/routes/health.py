@@ -1,0 +1,56 @@
+"""Liveness (`GET /health`: the process answers) and readiness (`GET /health/ready`:
+every known model has a healthy engine whose breaker is not open; 503 otherwise)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from vllama import __version__
+from vllama.observability.gpu import gpu_report
+from vllama.server.deps import get_pool, get_started_at
+from vllama.upstream.breaker import BreakerState
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> Response:
+    pool = get_pool(request)
+    engines = []
+    usable: set[str] = set()
+    for engine in pool.engines():
+        breaker = engine.breaker.state
+        ok = engine.healthy and breaker is not BreakerState.OPEN
+        if ok:
+            usable.add(engine.url)
+        engines.append(
+            {
+                "url": engine.url,
+                "healthy": engine.healthy,
+                "breaker": breaker.name.lower().replace("_", "-"),
+                "outstanding": engine.outstanding,
+                "models": [c.id for c in engine.cards or ()],
+            }
+        )
+    models = {m.id: bool(usable.intersection(m.engine_urls)) for m in pool.all_models()}
+    is_ready = bool(models) and all(models.values())
+    gpus, no_gpu = await asyncio.to_thread(gpu_report)  # NVML calls block
+    body = {
+        "status": "ready" if is_ready else "not ready",
+        "engines": engines,
+        "models": [{"id": k, "ready": v} for k, v in models.items()],
+        "gpus": gpus,
+        "gpu_note": no_gpu,
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - get_started_at(request), 3),
+    }
+    return JSONResponse(body, status_code=200 if is_ready else 503)

@@ -1,0 +1,269 @@
+"""The OpenAI API (`/v1/*`): an allowlist of vLLM routes passed through byte for byte.
+
+The request body is parsed once, to resolve `model` (aliases included) and rewrite it to
+the engine's id; the answer (JSON or SSE) is streamed back untouched as the network
+delivers it. Only the paths below exist: vLLM checks keys on some of its paths only, so
+nothing else is forwarded (anything else under /v1 is a 404 in OpenAI's shape).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from vllama.server.deps import get_metrics, get_pool, get_settings
+from vllama.server.errors import error_response, openai_error_body
+from vllama.upstream.errors import ServerBusy, UpstreamError
+from vllama.upstream.pool import ServedModel
+from vllama.upstream.usage import UsageTail
+
+router = APIRouter()
+
+API = "openai"
+# Response headers that describe the engine's connection, not the content.
+_HOP_HEADERS = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
+)
+
+
+def upstream_error_response(path: str, exc: UpstreamError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServerBusy) else None
+    return error_response(path, exc.status, exc.message, headers=headers)
+
+
+class ProxyStream(Response):
+    """Streams upstream chunks to the client and, however it ends (done, engine error,
+    client gone), closes the upstream response: closing is what makes vLLM abort."""
+
+    def __init__(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        *,
+        status_code: int,
+        headers: dict[str, str],
+        on_close: Callable[[], Awaitable[None]],
+    ) -> None:
+        # Not Response.__init__: it would set content-length for an empty body.
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)
+        self._chunks = chunks
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def pump() -> None:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": self.status_code,
+                            "headers": self.raw_headers,
+                        }
+                    )
+                    async for chunk in self._chunks:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    tg.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(pump)
+                tg.start_soon(watch)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._chunks.aclose()
+                await self._on_close()
+
+
+def _bad_request(path: str, message: str, param: str | None = None) -> Response:
+    return error_response(path, 400, message, param=param)
+
+
+_NUMBER = (int, float)
+# Top-level fields checked here so a wrong type is a 400 that names the field (vLLM's own
+# message for some of them is a Python error text). None is allowed: OpenAI sends nulls.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((str,), "a string"),
+    "stream": ((bool,), "a boolean"),
+    "messages": ((list,), "an array of messages"),
+    "prompt": ((str, list), "a string or an array"),
+    "input": ((str, list), "a string or an array"),
+    "max_tokens": ((int,), "an integer"),
+    "max_completion_tokens": ((int,), "an integer"),
+    "n": ((int,), "an integer"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "stop": ((str, list), "a string or an array of strings"),
+    "stream_options": ((dict,), "an object"),
+    "tools": ((list,), "an array"),
+}
+_REQUIRED = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+}
+
+
+def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, field) for the first field of a wrong type, or a missing required one."""
+    required = _REQUIRED.get(route)
+    if required is not None and body.get(required) is None:
+        return f"field '{required}' is required", required
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "field 'model' is required and must be a non-empty string", "model"
+    for field, (types, what) in _FIELD_TYPES.items():
+        value = body.get(field)
+        if value is None:
+            continue
+        bad_bool = isinstance(value, bool) and bool not in types
+        if bad_bool or not isinstance(value, types):
+            return f"field '{field}' must be {what}, not {type(value).__name__}", field
+    return None
+
+
+async def _forward(request: Request, route: str) -> Response:
+    start = time.perf_counter()
+    path = request.url.path
+    raw = await request.body()
+    try:
+        body: Any = json.loads(raw)
+    except ValueError as exc:
+        return _bad_request(path, f"invalid JSON body: {exc}; send a JSON object")
+    if not isinstance(body, dict):
+        return _bad_request(path, "the request body must be a JSON object")
+    problem = _type_problem(route, body)
+    if problem is not None:
+        return _bad_request(path, *problem)
+    name: str = body["model"]
+    stream = body.get("stream") is True
+    pool = get_pool(request)
+    metrics = get_metrics(request)
+    try:
+        model = pool.resolve(name)
+    except UpstreamError as exc:
+        return upstream_error_response(path, exc)
+    request.state.model = model.id
+    body["model"] = model.id
+    key = getattr(request.state, "api_key", None)
+    priority = getattr(key, "priority", None)
+    if isinstance(priority, int):
+        body["priority"] = priority
+    headers = {"Content-Type": "application/json", "Accept": request.headers.get("accept", "*/*")}
+    request_id = getattr(request.state, "request_id", None)
+    if isinstance(request_id, str):
+        headers["X-Request-ID"] = request_id
+    data = json.dumps(body, ensure_ascii=False).encode()
+    own = time.perf_counter() - start
+
+    stack = AsyncExitStack()
+    try:
+        upstream = await stack.enter_async_context(pool.forward(model, "POST", path, data, headers))
+    except BaseException as exc:
+        await stack.aclose()
+        if isinstance(exc, UpstreamError):
+            return upstream_error_response(path, exc)
+        raise
+
+    out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+    if stream:
+        out_headers["X-Accel-Buffering"] = "no"
+        out_headers["Cache-Control"] = "no-cache"
+    timing = metrics if stream and upstream.status < 400 else None
+    tail = UsageTail()
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        last = None
+        try:
+            async for chunk in upstream.chunks:
+                if timing is not None:
+                    now = time.perf_counter()
+                    if last is None:
+                        timing.observe_ttft(API, route, model.id, now - start)
+                    else:
+                        timing.observe_inter_chunk(API, route, model.id, now - last)
+                    last = now
+                tail.feed(chunk)
+                yield chunk
+        except UpstreamError as exc:  # the status is sent: the error is the stream's end
+            if stream:
+                yield b"data: " + openai_error_body(exc.status, exc.message) + b"\n\n"
+
+    async def finish() -> None:
+        await stack.aclose()
+        t = time.perf_counter()
+        usage = tail.usage() if upstream.status < 400 else None
+        if usage is not None:
+            request.state.usage = usage
+            if metrics is not None:
+                metrics.add_tokens(model.id, *usage)
+        if metrics is not None:
+            metrics.observe_overhead(API, route, own + time.perf_counter() - t)
+
+    return ProxyStream(chunks(), status_code=upstream.status, headers=out_headers, on_close=finish)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _forward(request, "/v1/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _forward(request, "/v1/completions")
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _forward(request, "/v1/embeddings")
+
+
+def _card(id_: str, model: ServedModel, *, alias_of: str | None = None) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "vllama",
+        "root": model.root or model.id,
+        "parent": alias_of,
+        "max_model_len": model.max_model_len,
+    }
+
+
+def _cards(request: Request) -> list[dict[str, Any]]:
+    """Served models, then each configured alias whose target is served."""
+    models = {m.id: m for m in get_pool(request).models()}
+    cards = [_card(m.id, m) for m in models.values()]
+    for alias, target in get_settings(request).aliases.items():
+        if target in models and alias not in models:
+            cards.append(_card(alias, models[target], alias_of=target))
+    return cards
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": _cards(request)})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    for card in _cards(request):
+        if card["id"] == model_id:
+            return JSONResponse(card)
+    try:
+        model = get_pool(request).resolve(model_id)
+    except UpstreamError as exc:
+        return upstream_error_response(request.url.path, exc)
+    return JSONResponse(_card(model_id, model, alias_of=None if model_id == model.id else model.id))

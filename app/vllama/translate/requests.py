@@ -1,0 +1,293 @@
+"""Ollama requests → the OpenAI-style call vLLM understands (`UpstreamCall`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vllama.translate.errors import TranslationError
+from vllama.translate.fields import (
+    keep_alive_seconds,
+    model_name,
+    opt_bool,
+    opt_int,
+    opt_list,
+    opt_str,
+    require_object,
+)
+from vllama.translate.options import max_tokens, parse_options, sampling_params
+from vllama.translate.types import ModelTraits, UpstreamCall
+
+# Without a configured max_model_len, completions still need an explicit cap (vLLM's
+# default is 16 tokens); vLLM clamps any cap to the room left in the context.
+_FALLBACK_MAX_TOKENS = 4096
+_THINK_LEVELS = ("low", "medium", "high", "max")
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+# --- shared pieces ------------------------------------------------------------------------
+
+
+def image_part(data: Any, field: str) -> dict[str, Any]:
+    """A base64 image (Ollama) → an OpenAI image_url part with a data URL."""
+    if not isinstance(data, str) or not data:
+        raise TranslationError(f'"{field}" must be a base64 string', field)
+    if data.startswith("data:"):
+        url = data
+    else:
+        mime = "image/jpeg"
+        for prefix, kind in (("iVBORw0KGgo", "png"), ("R0lGOD", "gif"), ("UklGR", "webp")):
+            if data.startswith(prefix):
+                mime = f"image/{kind}"
+        url = f"data:{mime};base64,{data}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _images(raw: Any, field: str) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise TranslationError(f'"{field}" must be an array of base64 strings', field)
+    return [image_part(img, f"{field}[{i}]") for i, img in enumerate(raw)]
+
+
+def _content(text: str, images: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    if not images:
+        return text
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    return parts + images
+
+
+def response_format(raw: Any) -> dict[str, Any] | None:
+    """`format: "json"` → json_object; a JSON schema → json_schema (never guided_json)."""
+    if raw is None or raw == "":
+        return None
+    if raw == "json":
+        return {"type": "json_object"}
+    if isinstance(raw, dict):
+        return {"type": "json_schema", "json_schema": {"name": "format", "schema": raw}}
+    raise TranslationError('"format" must be "json" or a JSON schema object', "format")
+
+
+def thinking_fields(raw: Any) -> dict[str, Any]:
+    """`think` → chat_template_kwargs.enable_thinking (+ reasoning_effort for a level)."""
+    if raw is None:
+        return {}
+    if isinstance(raw, bool):
+        return {"chat_template_kwargs": {"enable_thinking": raw}}
+    if isinstance(raw, str) and raw in _THINK_LEVELS:
+        return {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": raw}
+    raise TranslationError(
+        'invalid think value: use true, false, "low", "medium", "high" or "max"', "think"
+    )
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    return parse_options(body.get("options"))
+
+
+def is_unload(body: dict[str, Any]) -> bool:
+    """keep_alive 0 on an empty request: Ollama's way to unload a model."""
+    return keep_alive_seconds(body) == 0
+
+
+# --- /api/chat ----------------------------------------------------------------------------
+
+
+def _tool_call_out(call: Any, field: str, index: int) -> dict[str, Any]:
+    call = require_object(call, field)
+    fn = require_object(call.get("function"), f"{field}.function")
+    name = opt_str(fn, "name", f"{field}.function.name") or ""
+    args = fn.get("arguments", {})
+    if isinstance(args, str):  # already a JSON string: pass on as is
+        arguments = args
+    elif isinstance(args, dict):
+        arguments = json.dumps(args, ensure_ascii=False)
+    else:
+        raise TranslationError(
+            f'"{field}.function.arguments" must be an object', f"{field}.function.arguments"
+        )
+    call_id = opt_str(call, "id", f"{field}.id") or f"call_{index}"
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _tools(raw: Any) -> list[dict[str, Any]]:
+    tools = opt_list({"tools": raw}, "tools") or []
+    out = []
+    for i, tool in enumerate(tools):
+        tool = require_object(tool, f"tools[{i}]")
+        require_object(tool.get("function"), f"tools[{i}].function")
+        out.append({"type": tool.get("type") or "function", "function": tool["function"]})
+    return out
+
+
+def chat_messages(raw: Any) -> list[dict[str, Any]]:
+    messages = opt_list({"messages": raw}, "messages") or []
+    out: list[dict[str, Any]] = []
+    ids_by_name: dict[str, str] = {}  # tool_name → the id of the last call of that tool
+    n_calls = 0
+    for i, msg in enumerate(messages):
+        field = f"messages[{i}]"
+        msg = require_object(msg, field)
+        role = (opt_str(msg, "role", f"{field}.role") or "").lower()
+        if role not in _ROLES:
+            raise TranslationError(
+                f'"{field}.role" must be one of system, user, assistant, tool', f"{field}.role"
+            )
+        text = opt_str(msg, "content", f"{field}.content") or ""
+        item: dict[str, Any] = {
+            "role": role,
+            "content": _content(text, _images(msg.get("images"), f"{field}.images")),
+        }
+        calls = opt_list(msg, "tool_calls", f"{field}.tool_calls")
+        if role == "assistant" and calls:
+            item["tool_calls"] = []
+            for j, call in enumerate(calls):
+                converted = _tool_call_out(call, f"{field}.tool_calls[{j}]", n_calls)
+                n_calls += 1
+                ids_by_name[converted["function"]["name"]] = converted["id"]
+                item["tool_calls"].append(converted)
+        if role == "tool":
+            name = opt_str(msg, "tool_name", f"{field}.tool_name")
+            call_id = opt_str(msg, "tool_call_id", f"{field}.tool_call_id")
+            if name:
+                item["name"] = name
+            item["tool_call_id"] = call_id or ids_by_name.get(name or "") or f"call_{n_calls}"
+        out.append(item)
+    return out
+
+
+def chat_request(body: Any, model: ModelTraits) -> UpstreamCall:
+    """POST /api/chat → /v1/chat/completions (always streamed upstream, usage included)."""
+    body = require_object(body)
+    model_name(body)
+    options = _sampling(body)
+    keep_alive_seconds(body)  # accepted (vLLM keeps models loaded); only its type is checked
+    opt_bool(body, "stream")
+    out: dict[str, Any] = {"messages": chat_messages(body.get("messages"))}
+    out.update(sampling_params(options))
+    if (n := max_tokens(options)) is not None:
+        out["max_tokens"] = n
+    if (fmt := response_format(body.get("format"))) is not None:
+        out["response_format"] = fmt
+    out.update(thinking_fields(body.get("think")))
+    tools = _tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        # vLLM rejects tool_choice "auto" unless started with a tool parser: without
+        # one the tools are accepted and the model answers in text, as ollama's docs allow.
+        if "tools" not in model.capabilities:
+            out["tool_choice"] = "none"
+    out["stream"] = True
+    out["stream_options"] = {"include_usage": True}
+    return UpstreamCall("/v1/chat/completions", out, True)
+
+
+def chat_is_load(body: dict[str, Any]) -> bool:
+    return not body.get("messages")
+
+
+# --- /api/generate ------------------------------------------------------------------------
+
+
+def generate_request(body: Any, model: ModelTraits) -> UpstreamCall:
+    """POST /api/generate → chat completions (templated) or completions (raw or suffix)."""
+    body = require_object(body)
+    model_name(body)
+    options = _sampling(body)
+    keep_alive_seconds(body)
+    opt_bool(body, "stream")
+    prompt = opt_str(body, "prompt") or ""
+    system = opt_str(body, "system")
+    suffix = opt_str(body, "suffix")
+    raw = bool(opt_bool(body, "raw"))
+    opt_str(body, "template")  # a Go template cannot be applied by vLLM: accepted, ignored
+    opt_list(body, "context")  # deprecated conversational memory: tolerated, ignored
+    images = _images(body.get("images"), "images")
+    params = sampling_params(options)
+    fmt = response_format(body.get("format"))
+    if raw or suffix:
+        if raw and (system or body.get("template")):
+            raise TranslationError("raw mode does not support template, system, or context", "raw")
+        if images:
+            raise TranslationError(
+                "images need the chat template: send them without raw or suffix", "images"
+            )
+        n = max_tokens(options) or model.max_model_len or _FALLBACK_MAX_TOKENS
+        out: dict[str, Any] = {"prompt": prompt, "max_tokens": n, **params}
+        if suffix:
+            out["suffix"] = suffix
+        if fmt is not None:
+            out["response_format"] = fmt
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+        return UpstreamCall("/v1/completions", out, True)
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": _content(prompt, images)})
+    out = {"messages": messages, **params}
+    if (limit := max_tokens(options)) is not None:
+        out["max_tokens"] = limit
+    if fmt is not None:
+        out["response_format"] = fmt
+    out.update(thinking_fields(body.get("think")))
+    out["stream"] = True
+    out["stream_options"] = {"include_usage": True}
+    return UpstreamCall("/v1/chat/completions", out, True)
+
+
+def generate_is_load(body: dict[str, Any]) -> bool:
+    return not body.get("prompt") and not body.get("images") and not body.get("suffix")
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+
+def embed_inputs(body: Any) -> list[str]:
+    """`input` of POST /api/embed: a string or an array of strings."""
+    body = require_object(body)
+    raw = body.get("input")
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [raw] if raw else []
+    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        return list(raw)
+    raise TranslationError("invalid input type: use a string or an array of strings", "input")
+
+
+def embed_request(body: Any) -> UpstreamCall:
+    """POST /api/embed → /v1/embeddings.
+
+    truncate (default true) → truncate_prompt_tokens -1 (cut to the model's length);
+    truncate false → vLLM answers 400 when an input is too long, as Ollama does.
+    """
+    body = require_object(body)
+    model_name(body)
+    inputs = embed_inputs(body)
+    parse_options(body.get("options"))
+    keep_alive_seconds(body)
+    out: dict[str, Any] = {"input": inputs, "encoding_format": "float"}
+    if opt_bool(body, "truncate") is not False:
+        out["truncate_prompt_tokens"] = -1
+    dims = opt_int(body, "dimensions")
+    if dims is not None:
+        if dims <= 0:
+            raise TranslationError('"dimensions" must be a positive integer', "dimensions")
+        out["dimensions"] = dims
+    return UpstreamCall("/v1/embeddings", out, False)
+
+
+def embeddings_request(body: Any) -> UpstreamCall:
+    """Legacy POST /api/embeddings: one `prompt` → one `embedding`."""
+    body = require_object(body)
+    model_name(body)
+    prompt = opt_str(body, "prompt") or ""
+    parse_options(body.get("options"))
+    keep_alive_seconds(body)
+    return UpstreamCall(
+        "/v1/embeddings",
+        {"input": [prompt], "encoding_format": "float", "truncate_prompt_tokens": -1},
+        False,
+    )

@@ -1,0 +1,492 @@
+"""EnginePool: which engine serves which model, and every request to them.
+
+Discovery (`GET /v1/models` at start, periodically, and when an unknown name is asked
+for), a health loop (`GET /health`), a circuit breaker per engine, least-outstanding
+choice among replicas, retries on connection errors before any byte came back, and
+early exits that close the upstream connection so vLLM aborts the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from vllama.config import EngineConfig, Settings
+from vllama.upstream import discovery
+from vllama.upstream.balancer import LeastOutstanding
+from vllama.upstream.breaker import BreakerState, CircuitBreaker
+from vllama.upstream.client import MAX_ERROR_BODY, error_message, make_session
+from vllama.upstream.errors import (
+    EngineConnectionError,
+    EngineHTTPError,
+    ModelNotFound,
+    NoHealthyEngine,
+    UpstreamError,
+)
+from vllama.upstream.sse import SSEDecoder
+
+log = logging.getLogger(__name__)
+
+# Rediscover every engine's models every this many health rounds (and on demand).
+_REDISCOVER_ROUNDS = 15
+_ON_DEMAND_MIN_S = 1.0  # an unknown model name triggers at most one refresh a second
+_RETRY_ON = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ConnectionTimeoutError,
+)
+
+
+class EngineMetrics(Protocol):
+    """What the pool reports (observability.metrics.Metrics has these)."""
+
+    def upstream_error(self, engine: str, kind: str) -> None: ...
+    def set_engine_up(self, engine: str, up: bool) -> None: ...
+    def set_breaker_state(self, engine: str, state: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str  # the engine's model id, e.g. "vllama-demo"
+    engine_urls: tuple[str, ...]  # engines serving it (replicas)
+    max_model_len: int | None
+    root: str | None  # what vLLM loaded (local path or repo id), from /v1/models
+    created: int  # unix seconds
+    capabilities: frozenset[str]
+
+
+@dataclass
+class UpstreamResponse:
+    """A raw engine response for pass-through: status, headers, body as network chunks."""
+
+    status: int
+    headers: Mapping[str, str]
+    engine: str
+    chunks: AsyncIterator[bytes]
+
+
+class Engine:
+    """One engine's live state."""
+
+    def __init__(self, config: EngineConfig, breaker: CircuitBreaker) -> None:
+        self.config = config
+        self.url = config.url
+        self.breaker = breaker
+        self.cards: list[discovery.ModelCard] | None = None  # None: never discovered
+        self.healthy = False
+        self.outstanding = 0
+        self.kind: str | None = None  # "completion"/"embedding" once known
+
+    def capabilities(self, card: discovery.ModelCard) -> frozenset[str]:
+        declared: set[str] = set(self.config.capabilities)
+        if not declared & {"completion", "embedding"}:
+            declared.add(card.kind or self.kind or "completion")
+        return frozenset(declared)
+
+
+class EnginePool:
+    def __init__(self, settings: Settings, metrics: EngineMetrics | None = None) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._engines = [self._engine(cfg) for cfg in settings.engines]
+        self._by_url = {e.url: e for e in self._engines}
+        self._balancer = LeastOutstanding()
+        self._session: aiohttp.ClientSession | None = None
+        self._served: dict[str, ServedModel] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._last_refresh = 0.0
+        self._rebuild()
+
+    def _engine(self, cfg: EngineConfig) -> Engine:
+        def changed(state: BreakerState) -> None:
+            if state is BreakerState.OPEN:
+                log.warning("engine %s taken out: circuit breaker open", cfg.url)
+            if self._metrics is not None:
+                self._metrics.set_breaker_state(cfg.url, int(state))
+
+        breaker = CircuitBreaker(
+            self._settings.breaker_failures, self._settings.breaker_reset_s, on_change=changed
+        )
+        return Engine(cfg, breaker)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = make_session(self._settings)
+        for e in self._engines:
+            if self._metrics is not None:
+                self._metrics.set_engine_up(e.url, False)
+                self._metrics.set_breaker_state(e.url, int(BreakerState.CLOSED))
+        await asyncio.gather(*(self._check(e, rediscover=True) for e in self._engines))
+        self._loop_task = asyncio.create_task(self._health_loop(), name="vllama-health")
+
+    async def close(self) -> None:
+        for task in (self._loop_task, self._refresh_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("EnginePool.start() was not awaited")
+        return self._session
+
+    # --- what is served -----------------------------------------------------------------
+
+    def engines(self) -> list[Engine]:
+        return list(self._engines)
+
+    def models(self) -> list[ServedModel]:
+        """Models of healthy engines, deduplicated by id."""
+        healthy = {e.url for e in self._engines if e.healthy}
+        return [m for m in self._served.values() if healthy.intersection(m.engine_urls)]
+
+    def all_models(self) -> list[ServedModel]:
+        """Every model any engine was seen to serve, healthy or not."""
+        return list(self._served.values())
+
+    def resolve(self, name: str) -> ServedModel:
+        target = self._settings.resolve_alias(name)
+        for candidate in (target, target.removesuffix(":latest")):
+            if candidate in self._served:
+                return self._served[candidate]
+        self.request_refresh()
+        unknown = [e.url for e in self._engines if e.cards is None]
+        if unknown:
+            # Unreachable engines may serve it: that is an outage, not a missing model.
+            raise NoHealthyEngine(
+                name, f"engine {', '.join(unknown)} unreachable; start it or check the engine URLs"
+            )
+        raise ModelNotFound(name)
+
+    def _rebuild(self) -> None:
+        served: dict[str, ServedModel] = {}
+        for e in self._engines:
+            cards = e.cards
+            if cards is None and e.config.models:  # configured but not discovered yet
+                cards = [discovery.ModelCard(m, None, None, 0, None) for m in e.config.models]
+            for card in cards or ():
+                known = served.get(card.id)
+                if known is None:
+                    served[card.id] = ServedModel(
+                        id=card.id,
+                        engine_urls=(e.url,),
+                        max_model_len=card.max_model_len,
+                        root=card.root,
+                        created=card.created,
+                        capabilities=e.capabilities(card),
+                    )
+                elif e.url not in known.engine_urls:
+                    served[card.id] = ServedModel(
+                        id=known.id,
+                        engine_urls=(*known.engine_urls, e.url),
+                        max_model_len=known.max_model_len or card.max_model_len,
+                        root=known.root or card.root,
+                        created=known.created or card.created,
+                        capabilities=known.capabilities | e.capabilities(card),
+                    )
+        self._served = served
+
+    # --- discovery and health -----------------------------------------------------------
+
+    def request_refresh(self) -> None:
+        """Rediscover every engine soon (at most once a second), without waiting."""
+        now = time.monotonic()
+        if now - self._last_refresh < _ON_DEMAND_MIN_S or self._session is None:
+            return
+        if self._refresh_task is not None and not self._refresh_task.done():
+            return
+        self._last_refresh = now
+        self._refresh_task = asyncio.create_task(self.refresh(), name="vllama-refresh")
+
+    async def refresh(self) -> None:
+        """Rediscover every engine now."""
+        await asyncio.gather(*(self._check(e, rediscover=True) for e in self._engines))
+
+    async def _health_loop(self) -> None:
+        rounds = 0
+        while True:
+            await asyncio.sleep(self._settings.health_interval_s)
+            rounds += 1
+            rediscover = rounds % _REDISCOVER_ROUNDS == 0
+            try:
+                await asyncio.gather(
+                    *(self._check(e, rediscover=rediscover) for e in self._engines)
+                )
+            except Exception:  # never let the loop die; the next round tries again
+                log.exception("health check round failed")
+
+    async def _check(self, engine: Engine, *, rediscover: bool) -> None:
+        timeout = aiohttp.ClientTimeout(total=max(self._settings.connect_timeout_s, 5.0))
+        was_healthy = engine.healthy
+        try:
+            async with self.session.get(
+                f"{engine.url}/health", headers=self._auth(engine), timeout=timeout
+            ) as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        engine.healthy = ok
+        if self._metrics is not None:
+            self._metrics.set_engine_up(engine.url, ok)
+        if not ok:
+            engine.breaker.record_failure()
+            if was_healthy:
+                log.warning("engine %s failed its health check", engine.url)
+            return
+        if engine.breaker.state is not BreakerState.OPEN:
+            engine.breaker.record_success()  # half-open: health-checked back in
+        if rediscover or not was_healthy or engine.cards is None:
+            await self._discover(engine)
+
+    async def _discover(self, engine: Engine) -> None:
+        timeout = max(self._settings.connect_timeout_s, 5.0)
+        try:
+            cards = await discovery.fetch_models(self.session, engine.config, timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            log.warning("discovery of %s failed: %s", engine.url, exc)
+            return
+        if engine.kind is None:
+            engine.kind = await discovery.probe_kind(self.session, engine.config, timeout)
+        if engine.kind is None:
+            cards = [
+                discovery.ModelCard(
+                    c.id,
+                    c.max_model_len,
+                    c.root,
+                    c.created,
+                    await asyncio.to_thread(_kind_from_files, c.root, self._settings),
+                )
+                for c in cards
+            ]
+        engine.cards = cards
+        self._rebuild()
+
+    # --- requests -----------------------------------------------------------------------
+
+    def _auth(self, engine: Engine) -> dict[str, str]:
+        key = engine.config.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _choose(self, name: str, urls: tuple[str, ...], tried: set[str]) -> Engine:
+        replicas = [self._by_url[u] for u in urls if u in self._by_url]
+        fresh = [e for e in replicas if e.url not in tried and e.breaker.available()]
+        # Health results may be a round old: prefer engines that passed, else try the rest.
+        candidates = [e for e in fresh if e.healthy] or fresh
+        if not candidates and tried:  # every replica failed once: retry among them
+            candidates = [e for e in replicas if e.breaker.available()]
+        engine = self._balancer.pick(candidates)
+        if engine is None:
+            down = ", ".join(urls) or "none configured"
+            raise NoHealthyEngine(name, f"engine {down} down or taken out; retry shortly")
+        engine.breaker.acquire()
+        return engine
+
+    def _failed(self, engine: Engine, kind: str) -> None:
+        engine.breaker.record_failure()
+        if self._metrics is not None:
+            self._metrics.upstream_error(engine.url, kind)
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self,
+        model: ServedModel | None,
+        method: str,
+        path: str,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+    ) -> AsyncIterator[tuple[Engine, aiohttp.ClientResponse]]:
+        name = model.id if model is not None else "*"
+        urls = model.engine_urls if model is not None else tuple(self._by_url)
+        tried: set[str] = set()
+        last: Exception | None = None
+        for _attempt in range(self._settings.retries + 1):
+            try:
+                engine = self._choose(name, urls, tried)
+            except NoHealthyEngine:
+                if last is None:
+                    raise
+                break
+            engine.outstanding += 1
+            try:
+                resp = await self.session.request(
+                    method,
+                    engine.url + path,
+                    data=data,
+                    headers={**(headers or {}), **self._auth(engine)},
+                )
+            except _RETRY_ON as exc:  # nothing reached the engine's app: safe to retry
+                engine.outstanding -= 1
+                kind = "timeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "connect"
+                self._failed(engine, kind)
+                tried.add(engine.url)
+                last = exc
+                continue
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                engine.outstanding -= 1
+                self._failed(
+                    engine, "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                )
+                raise EngineConnectionError(
+                    f"engine {engine.url} failed: {exc or type(exc).__name__}"
+                ) from exc
+            except BaseException:
+                engine.outstanding -= 1
+                raise
+            try:
+                if resp.status >= 500:
+                    self._failed(engine, "http_5xx")
+                else:
+                    engine.breaker.record_success()
+                    if resp.status >= 400 and self._metrics is not None:
+                        self._metrics.upstream_error(engine.url, "http_4xx")
+                yield engine, resp
+            finally:
+                engine.outstanding -= 1
+                if resp.content.is_eof():
+                    resp.release()
+                else:  # left early: closing the connection makes vLLM abort the request
+                    resp.close()
+                    if self._metrics is not None:
+                        self._metrics.upstream_error(engine.url, "cancelled")
+            return
+        raise EngineConnectionError(
+            f"cannot reach an engine for model '{name}' ({last}); "
+            "check that the engine is running and its URL is right",
+            kind="timeout" if isinstance(last, aiohttp.ConnectionTimeoutError) else "connect",
+        )
+
+    def _json_body(self, model: ServedModel, body: dict[str, Any], **extra: Any) -> bytes:
+        return json.dumps({**body, "model": model.id, **extra}, ensure_ascii=False).encode()
+
+    @staticmethod
+    def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+        return {**(headers or {}), "Content-Type": "application/json"}
+
+    async def post_json(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        data = self._json_body(model, body)
+        async with self._open(model, "POST", path, data, self._headers(headers)) as (engine, resp):
+            raw = await _read(engine, resp)
+            if resp.status >= 400:
+                raise EngineHTTPError(resp.status, error_message(resp.status, raw))
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpstreamError(
+                f"engine {engine.url} answered {path} with something not a JSON object"
+            )
+        return answer
+
+    @contextlib.asynccontextmanager
+    async def stream_events(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        data = self._json_body(model, body, stream=True)
+        async with self._open(model, "POST", path, data, self._headers(headers)) as (engine, resp):
+            if resp.status >= 400:
+                raw = await _read(engine, resp, MAX_ERROR_BODY)
+                raise EngineHTTPError(resp.status, error_message(resp.status, raw))
+            events = _events(engine, resp)
+            try:
+                yield events
+            finally:
+                await events.aclose()
+
+    @contextlib.asynccontextmanager
+    async def forward(
+        self,
+        model: ServedModel | None,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> AsyncIterator[UpstreamResponse]:
+        async with self._open(model, method, path, body, headers) as (engine, resp):
+            chunks = _chunks(engine, resp)
+            try:
+                yield UpstreamResponse(resp.status, resp.headers, engine.url, chunks)
+            finally:
+                await chunks.aclose()
+
+
+def _kind_from_files(root: str | None, settings: Settings) -> str | None:
+    from vllama.models.info import read_model_config
+
+    return discovery.kind_from_architectures(read_model_config(root, settings.cache_dir))
+
+
+def _lost(engine: Engine, exc: BaseException) -> EngineConnectionError:
+    kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+    return EngineConnectionError(
+        f"connection to engine {engine.url} lost mid-response ({exc or type(exc).__name__})",
+        kind=kind,
+    )
+
+
+async def _read(engine: Engine, resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    try:
+        return await (resp.content.read(limit) if limit else resp.read())
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise _lost(engine, exc) from exc
+
+
+async def _chunks(engine: Engine, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in resp.content.iter_any():
+            yield chunk
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise _lost(engine, exc) from exc
+
+
+async def _events(
+    engine: Engine, resp: aiohttp.ClientResponse
+) -> AsyncGenerator[dict[str, Any], None]:
+    decoder = SSEDecoder()
+    async for chunk in _chunks(engine, resp):
+        for data in decoder.feed(chunk):
+            if data == "[DONE]":
+                await _read(engine, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
+                return
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise UpstreamError(f"engine {engine.url} sent an event that is not JSON") from None
+            if not isinstance(event, dict):
+                raise UpstreamError(f"engine {engine.url} sent an event that is not an object")
+            err = event.get("error")
+            if err is not None and "choices" not in event:
+                message = err.get("message") if isinstance(err, dict) else str(err)
+                code = err.get("code") if isinstance(err, dict) else None
+                status = code if isinstance(code, int) and 400 <= code < 600 else 500
+                raise EngineHTTPError(status, str(message or "engine error mid-stream"))
+            yield event
+    raise EngineConnectionError(f"engine {engine.url} ended the stream before [DONE]")

@@ -1,0 +1,64 @@
+"""Incremental Server-Sent Events decoding: bytes in, as the network splits them; the
+`data` of each complete event out. An event (or a line, or a UTF-8 character) may be cut
+anywhere between two chunks, so undecoded bytes stay buffered until the event ends."""
+
+from __future__ import annotations
+
+
+class SSEDecoder:
+    """Feed raw chunks; get the `data` payload of each event that completed.
+
+    Lines end with LF, CRLF or CR (the SSE spec allows all three); a blank line ends an
+    event; several `data:` lines are joined with LF; comments and other fields are ignored.
+    """
+
+    __slots__ = ("_buf", "_data", "_has_data", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._has_data = False
+        self._pending_cr = False  # the last chunk ended in CR: a following LF belongs to it
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if self._pending_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._pending_cr = False
+        buf = self._buf + chunk
+        events: list[str] = []
+        start = 0
+        n = len(buf)
+        while start < n:
+            lf = buf.find(b"\n", start)
+            cr = buf.find(b"\r", start, lf if lf >= 0 else n)
+            if cr >= 0:
+                end, nxt = cr, cr + 1
+                if nxt < n and buf[nxt : nxt + 1] == b"\n":
+                    nxt += 1
+                elif nxt == n:
+                    self._pending_cr = True
+            elif lf >= 0:
+                end, nxt = lf, lf + 1
+            else:
+                break
+            self._line(buf[start:end], events)
+            start = nxt
+        self._buf = buf[start:]
+        return events
+
+    def _line(self, line: bytes, events: list[str]) -> None:
+        if not line:
+            if self._has_data:
+                events.append(b"\n".join(self._data).decode("utf-8", "replace"))
+            self._data = []
+            self._has_data = False
+            return
+        if line.startswith(b":"):
+            return
+        field, sep, value = line.partition(b":")
+        if field != b"data":
+            return
+        if sep and value.startswith(b" "):
+            value = value[1:]
+        self._data.append(value)
+        self._has_data = True

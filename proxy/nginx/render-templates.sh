@@ -1,0 +1,60 @@
+#!/bin/sh
+# Render templates/*.template into OUT_DIR (default: /etc/nginx/conf.d) from VLLAMA_PROXY_*
+# environment variables, with the defaults below. Only ${VLLAMA_PROXY_*} is substituted:
+# Nginx's own $variables pass through. Used as it is by compose (mounted into
+# /docker-entrypoint.d/ of the official image), by Ansible and by the tests.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-/etc/nginx/conf.d}
+templates=${VLLAMA_PROXY_TEMPLATES:-$here/templates}
+
+: "${VLLAMA_PROXY_HOSTNAME:=localhost}"
+: "${VLLAMA_PROXY_BIND:=0.0.0.0}"
+: "${VLLAMA_PROXY_HTTP_PORT:=80}"
+: "${VLLAMA_PROXY_HTTPS_PORT:=443}"
+# The HTTPS port clients see (differs from the listener behind a port mapping).
+: "${VLLAMA_PROXY_PUBLIC_HTTPS_PORT:=$VLLAMA_PROXY_HTTPS_PORT}"
+: "${VLLAMA_PROXY_TLS_CERT:=/etc/vllama/tls/cert.pem}"
+: "${VLLAMA_PROXY_TLS_KEY:=/etc/vllama/tls/key.pem}"
+: "${VLLAMA_PROXY_UPSTREAM:=127.0.0.1:11434}"
+: "${VLLAMA_PROXY_MONITORING_CIDRS:=127.0.0.1/32}"
+: "${VLLAMA_PROXY_TRUSTED_PROXIES:=127.0.0.1/32}"
+: "${VLLAMA_PROXY_MAX_BODY_BYTES:=33554432}"
+: "${VLLAMA_PROXY_RATE_LIMIT:=10r/s}"
+: "${VLLAMA_PROXY_RATE_BURST:=20}"
+: "${VLLAMA_PROXY_RETRY_AFTER:=1}"
+: "${VLLAMA_PROXY_CONN_LIMIT:=64}"
+: "${VLLAMA_PROXY_READ_TIMEOUT:=3600s}"
+: "${VLLAMA_PROXY_ACCESS_LOG:=/var/log/nginx/vllama-access.log}"
+: "${VLLAMA_PROXY_METRICS_BIND:=0.0.0.0}"
+: "${VLLAMA_PROXY_METRICS_PORT:=2020}"
+
+case "$VLLAMA_PROXY_PUBLIC_HTTPS_PORT" in
+  443) VLLAMA_PROXY_REDIRECT_PORT="" ;;
+  *) VLLAMA_PROXY_REDIRECT_PORT=":$VLLAMA_PROXY_PUBLIC_HTTPS_PORT" ;;
+esac
+# Lists (comma or space separated) become one Nginx statement per entry.
+VLLAMA_PROXY_MONITORING_GEO=""
+VLLAMA_PROXY_REAL_IP_FROM=""
+for cidr in $(echo "$VLLAMA_PROXY_MONITORING_CIDRS" | tr ',' ' '); do
+  VLLAMA_PROXY_MONITORING_GEO="$VLLAMA_PROXY_MONITORING_GEO $cidr 1;"
+done
+for cidr in $(echo "$VLLAMA_PROXY_TRUSTED_PROXIES" | tr ',' ' '); do
+  VLLAMA_PROXY_REAL_IP_FROM="$VLLAMA_PROXY_REAL_IP_FROM set_real_ip_from $cidr;"
+done
+export VLLAMA_PROXY_HOSTNAME VLLAMA_PROXY_BIND VLLAMA_PROXY_HTTP_PORT VLLAMA_PROXY_HTTPS_PORT \
+  VLLAMA_PROXY_TLS_CERT VLLAMA_PROXY_TLS_KEY VLLAMA_PROXY_UPSTREAM VLLAMA_PROXY_MAX_BODY_BYTES \
+  VLLAMA_PROXY_RATE_LIMIT VLLAMA_PROXY_RATE_BURST VLLAMA_PROXY_RETRY_AFTER \
+  VLLAMA_PROXY_CONN_LIMIT VLLAMA_PROXY_READ_TIMEOUT VLLAMA_PROXY_ACCESS_LOG \
+  VLLAMA_PROXY_METRICS_BIND VLLAMA_PROXY_METRICS_PORT VLLAMA_PROXY_REDIRECT_PORT \
+  VLLAMA_PROXY_MONITORING_GEO VLLAMA_PROXY_REAL_IP_FROM
+
+# An explicit list: envsubst must leave $host, $request_id... alone.
+vars=$(env | sed -n 's/^\(VLLAMA_PROXY_[A-Z_]*\)=.*/${\1}/p' | tr '\n' ' ')
+mkdir -p "$out"
+for t in "$templates"/*.template; do
+  name=$(basename "$t" .template)
+  envsubst "$vars" <"$t" >"$out/$name"
+done
+echo "vllama proxy: rendered templates into $out"

@@ -1,0 +1,45 @@
+"""Liveness and readiness against the normal setup (one façade, two real engines)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.engines import Engine
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
+
+
+def test_liveness(facade_url: str) -> None:
+    r = httpx.get(f"{facade_url}/health", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_readiness_lists_engines_models_gpus(
+    facade_url: str, chat_engine: Engine, embed_engine: Engine
+) -> None:
+    r = httpx.get(f"{facade_url}/health/ready", timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ready"
+    engines = {e["url"]: e for e in body["engines"]}
+    assert engines[chat_engine.url]["models"] == ["vllama-demo"]
+    assert engines[embed_engine.url]["models"] == ["all-minilm"]
+    assert all(e["healthy"] and e["breaker"] == "closed" for e in engines.values())
+    assert {m["id"]: m["ready"] for m in body["models"]} == {
+        "vllama-demo": True,
+        "all-minilm": True,
+    }
+    assert isinstance(body["gpus"], list)
+    assert body["gpus"] or body["gpu_note"]  # this machine has no GPU: a reason, not an error
+    assert body["uptime_s"] > 0 and body["version"]
+
+
+def test_health_needs_no_key(chat_engine: Engine) -> None:
+    from tests.facade import run_facade
+
+    with run_facade(
+        engines=[{"url": chat_engine.url}], api_keys=[{"key": "k1", "name": "a"}]
+    ) as url:
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/health/ready", timeout=10).status_code == 200

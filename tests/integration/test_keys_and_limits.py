@@ -1,0 +1,282 @@
+"""API keys and admission limits on the real façade, with the real clients: every protected
+route refuses without a key and accepts with one; per-key concurrency (429), the bounded
+queue (503 + Retry-After) and the per-client rate limit (429 + Retry-After).
+
+Requests are held inside the façade by a real slow client: a raw socket that sends the
+headers and part of the body. The middleware admits a request (and holds its slots) before
+the route reads the body, so the slot stays taken until the socket closes — deterministic,
+unlike racing a generation.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+from fastapi.routing import APIRoute
+
+from tests.engines import Engine
+from tests.facade import run_facade
+from vllama.config import Settings
+from vllama.server.app import create_app
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(180)]
+
+CHAT = "vllama-demo"
+EMBED = "all-minilm"
+ALICE = "sk-alice-7f3e9c"
+SOLO = "sk-solo-51b2aa"
+KEYS = [
+    {"name": "alice", "key": ALICE},
+    {"name": "solo", "key": SOLO, "max_concurrency": 1, "priority": 5},
+]
+OPEN = {("GET", "/"), ("GET", "/api/version"), ("GET", "/health"), ("GET", "/health/ready")}
+# What the façade must protect; the test also covers any route added later (read from the app).
+PROTECTED = {
+    ("GET", "/api/tags"),
+    ("GET", "/api/ps"),
+    ("POST", "/api/show"),
+    ("POST", "/api/chat"),
+    ("POST", "/api/generate"),
+    ("POST", "/api/embed"),
+    ("POST", "/api/embeddings"),
+    ("POST", "/api/pull"),
+    ("POST", "/api/push"),
+    ("POST", "/api/create"),
+    ("POST", "/api/copy"),
+    ("DELETE", "/api/delete"),
+    ("POST", "/api/blobs/{digest}"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model_id:path}"),
+    ("GET", "/metrics"),
+}
+PATH_VALUES = {"{digest}": "sha256:" + "0" * 64, "{model_id:path}": CHAT}
+
+
+def engines(chat: Engine, embed: Engine) -> list[dict[str, str]]:
+    return [{"url": chat.url}, {"url": embed.url}]
+
+
+def app_routes() -> set[tuple[str, str]]:
+    app = create_app(Settings())
+    return {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+        if method != "HEAD"
+    }
+
+
+def concrete(path: str) -> str:
+    for template, value in PATH_VALUES.items():
+        path = path.replace(template, value)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keyed(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
+    with run_facade(engines=engines(chat_engine, embed_engine), api_keys=KEYS) as url:
+        yield url
+
+
+def test_every_protected_route_needs_a_key(keyed: str) -> None:
+    routes = app_routes()
+    assert PROTECTED <= routes, f"routes missing from the app: {PROTECTED - routes}"
+    assert OPEN <= routes
+    with httpx.Client(base_url=keyed, timeout=60) as c:
+        for method, template in sorted(routes - OPEN):
+            path = concrete(template)
+            body = {} if method in ("POST", "DELETE") else None
+            refused = c.request(method, path, json=body)
+            assert refused.status_code == 401, (method, path, refused.text)
+            assert refused.headers["www-authenticate"] == "Bearer"
+            error = refused.json()["error"]
+            if path.startswith("/v1/"):
+                assert error["type"] == "authentication_error" and error["code"] == 401, path
+                assert "missing API key" in error["message"]
+            else:
+                assert isinstance(error, str) and "missing API key" in error, path
+            wrong = c.request(method, path, json=body, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and "invalid API key" in wrong.text, path
+            # Accepted: any answer but 401 (an empty body is a 400 past the key check).
+            for header in ({"Authorization": f"Bearer {ALICE}"}, {"x-api-key": ALICE}):
+                accepted = c.request(method, path, json=body, headers=header)
+                assert accepted.status_code != 401, (method, path, header, accepted.text)
+        for method, path in sorted(OPEN):
+            assert c.request(method, path).status_code == 200, path
+
+
+def test_real_clients_with_and_without_a_key(keyed: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=keyed, timeout=60).list()
+    assert refused.value.status_code == 401 and "missing API key" in refused.value.error
+    bad = openai.OpenAI(base_url=f"{keyed}/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+    monkeypatch.setenv("OLLAMA_API_KEY", ALICE)  # ollama-python sends it as a Bearer token
+    reply = ollama.Client(host=keyed, timeout=60).chat(
+        model=CHAT, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3}
+    )
+    assert reply.done and (reply.eval_count or 0) > 0
+    headers = ollama.Client(host=keyed, timeout=60, headers={"x-api-key": SOLO})
+    assert len(headers.embed(model=EMBED, input="x").embeddings[0]) == 384
+
+    good = openai.OpenAI(base_url=f"{keyed}/v1", api_key=SOLO, max_retries=0, timeout=60)
+    assert CHAT in {m.id for m in good.models.list()}
+    done = good.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert done.usage is not None and done.usage.completion_tokens > 0
+
+
+def metric(url: str, name: str, headers: dict[str, str] | None = None, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def held_request(url: str, path: str, headers: dict[str, str] | None = None) -> Iterator[None]:
+    """A request whose body never finishes arriving: it holds its slots until we hang up."""
+    host, port = url.removeprefix("http://").split(":")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 1000\r\n{extra}\r\n{{".encode()
+        )
+        yield
+
+
+def in_flight(url: str, route: str, headers: dict[str, str] | None = None) -> float:
+    return metric(url, "vllama_requests_in_flight", headers, route=route)
+
+
+def test_per_key_concurrency_is_429_per_api(keyed: str) -> None:
+    solo = {"Authorization": f"Bearer {SOLO}"}
+    alice = {"x-api-key": ALICE}
+    embed_body: dict[str, Any] = {"model": EMBED, "input": "x"}
+    with held_request(keyed, "/api/chat", solo):
+        wait_until(lambda: in_flight(keyed, "/api/chat", alice) == 1, "the held request")
+        ollama_429 = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=solo, timeout=60)
+        openai_429 = httpx.post(f"{keyed}/v1/embeddings", json=embed_body, headers=solo, timeout=60)
+        other_key = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=alice, timeout=60)
+    assert ollama_429.status_code == openai_429.status_code == 429
+    assert ollama_429.headers["retry-after"] == "1"
+    assert "API key 'solo' (limit 1)" in ollama_429.json()["error"]
+    assert openai_429.json()["error"]["type"] == "rate_limit_error"
+    assert SOLO not in ollama_429.text + openai_429.text
+    assert other_key.status_code == 200
+    # The slot comes back once the held request is gone.
+    wait_until(lambda: in_flight(keyed, "/api/chat", alice) == 0, "the slot to be released")
+    after = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=solo, timeout=60)
+    assert after.status_code == 200 and len(after.json()["embeddings"][0]) == 384
+
+
+def test_full_queue_is_503_server_busy_then_drains(
+    chat_engine: Engine, embed_engine: Engine
+) -> None:
+    body = {"model": EMBED, "input": "queued"}
+    with run_facade(
+        engines=engines(chat_engine, embed_engine), max_in_flight=1, max_queue=1
+    ) as url:
+        results: list[httpx.Response] = []
+        with held_request(url, "/api/embed"):
+            wait_until(lambda: in_flight(url, "/api/embed") == 1, "the held request")
+            waiter = threading.Thread(
+                target=lambda: results.append(httpx.post(f"{url}/api/embed", json=body, timeout=60))
+            )
+            waiter.start()
+            wait_until(lambda: metric(url, "vllama_requests_queued") == 1, "one queued request")
+            busy = httpx.post(f"{url}/v1/embeddings", json=body, timeout=60)
+            busy_ollama = ollama.Client(host=url, timeout=60)
+            with pytest.raises(ollama.ResponseError) as refused:
+                busy_ollama.embed(model=EMBED, input="x")
+            tags = httpx.get(f"{url}/api/tags", timeout=10)  # not an inference route
+            assert results == []  # still waiting behind the held request
+        waiter.join(60)
+        assert not waiter.is_alive()
+        rejections = metric(url, "vllama_queue_rejections_total")
+        queued_now = metric(url, "vllama_requests_queued")
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+    assert busy.json()["error"]["message"] == (
+        "server busy, please try again.  maximum pending requests exceeded"
+    )
+    assert refused.value.status_code == 503
+    assert (
+        refused.value.error == "server busy, please try again.  maximum pending requests exceeded"
+    )
+    assert tags.status_code == 200
+    assert [r.status_code for r in results] == [200]
+    assert rejections == 2 and queued_now == 0
+
+
+def test_rate_limit_is_429_with_retry_after_then_passes(
+    chat_engine: Engine, embed_engine: Engine
+) -> None:
+    body = {"model": EMBED, "input": "r"}
+    with run_facade(
+        engines=engines(chat_engine, embed_engine), rate_limit_per_minute=60, rate_limit_burst=2
+    ) as url:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            first = [c.post("/api/embed", json=body).status_code for _ in range(2)]
+            limited = c.post("/v1/embeddings", json=body)
+            not_inference = [c.get("/api/tags").status_code for _ in range(5)]
+            # Behind a trusted proxy (127.0.0.1 is one by default) each client has its own bucket.
+            proxied = c.post("/api/embed", json=body, headers={"X-Forwarded-For": "198.51.100.7"})
+            started = time.monotonic()
+            passed: list[int] = []
+            wait_until(
+                lambda: (
+                    passed.append(c.post("/api/embed", json=body).status_code) or passed[-1] == 200
+                ),
+                "the bucket to refill",
+                timeout=5,
+            )
+            waited = time.monotonic() - started
+    assert first == [200, 200] and not_inference == [200] * 5
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) == 1
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert "60 requests per minute" in limited.json()["error"]["message"]
+    assert proxied.status_code == 200
+    assert set(passed[:-1]) <= {429} and passed[-1] == 200 and waited <= 1.5
+
+
+def test_priority_of_a_key_reaches_the_engine(keyed: str) -> None:
+    # vLLM refuses `priority` unless started with --scheduling-policy priority; the demo
+    # engine runs FCFS, so a key with a priority gets the engine's own 400 naming it.
+    solo = ollama.Client(host=keyed, timeout=60, headers={"Authorization": f"Bearer {SOLO}"})
+    with pytest.raises(ollama.ResponseError) as err:
+        solo.chat(
+            model=CHAT, messages=[{"role": "user", "content": "x"}], options={"num_predict": 1}
+        )
+    assert "priority" in json.dumps(err.value.error).lower()

@@ -1,0 +1,397 @@
+"""The Ollama API against real vLLM engines, driven by the official `ollama` client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from tests.engines import Engine
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(120)]
+
+CHAT = "vllama-demo"
+EMBED = "all-minilm"
+# Deterministic and short: the demo model is random, only the plumbing is under test.
+OPTIONS: dict[str, Any] = {"temperature": 0, "seed": 7, "num_predict": 8}
+
+
+@pytest.fixture(scope="module")
+def client(facade_url: str) -> ollama.Client:
+    return ollama.Client(host=facade_url, timeout=60)
+
+
+def engine_post(engine: Engine, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(f"{engine.url}{path}", json=body, timeout=60)
+    resp.raise_for_status()
+    result: dict[str, Any] = resp.json()
+    return result
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+# --- inference -----------------------------------------------------------------------------
+
+
+def test_chat_counts_equal_the_engines_own_usage(
+    client: ollama.Client, chat_engine: Engine
+) -> None:
+    messages = [{"role": "user", "content": "Tell me about llamas."}]
+    answer = client.chat(model=CHAT, messages=messages, options=OPTIONS)
+    direct = engine_post(
+        chat_engine,
+        "/v1/chat/completions",
+        {"model": CHAT, "messages": messages, "max_tokens": 8, "temperature": 0, "seed": 7},
+    )
+    assert answer.done is True
+    assert answer.message.role == "assistant"
+    assert answer.message.content == direct["choices"][0]["message"]["content"]
+    assert answer.prompt_eval_count == direct["usage"]["prompt_tokens"]
+    assert answer.eval_count == direct["usage"]["completion_tokens"]
+    assert answer.done_reason == ("length" if answer.eval_count == 8 else "stop")
+    assert answer.total_duration is not None and answer.total_duration > 0
+    assert answer.eval_duration is not None and answer.eval_duration >= 0
+    assert answer.total_duration >= (answer.prompt_eval_duration or 0) + answer.eval_duration
+
+
+def test_chat_streaming_ends_with_the_figures(client: ollama.Client) -> None:
+    parts = list(
+        client.chat(
+            model=f"{CHAT}:latest",
+            messages=[{"role": "user", "content": "hi"}],
+            options=OPTIONS,
+            stream=True,
+        )
+    )
+    assert len(parts) >= 2
+    assert all(p.done is False for p in parts[:-1])
+    final = parts[-1]
+    assert final.done is True
+    assert final.done_reason in ("stop", "length")
+    assert (final.eval_count or 0) >= len([p for p in parts[:-1] if p.message.content])
+    assert final.prompt_eval_count and final.prompt_eval_count > 0
+    assert "".join(p.message.content or "" for p in parts)
+    assert datetime.fromisoformat(str(final.created_at).replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_generate_templated_and_raw_match_the_engine(
+    client: ollama.Client, chat_engine: Engine
+) -> None:
+    templated = client.generate(model=CHAT, prompt="Once upon", system="Be brief.", options=OPTIONS)
+    direct_chat = engine_post(
+        chat_engine,
+        "/v1/chat/completions",
+        {
+            "model": CHAT,
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Once upon"},
+            ],
+            "max_tokens": 8,
+            "temperature": 0,
+            "seed": 7,
+        },
+    )
+    assert templated.response == direct_chat["choices"][0]["message"]["content"]
+    assert templated.prompt_eval_count == direct_chat["usage"]["prompt_tokens"]
+
+    raw = client.generate(model=CHAT, prompt="Once upon", raw=True, options=OPTIONS)
+    direct = engine_post(
+        chat_engine,
+        "/v1/completions",
+        {"model": CHAT, "prompt": "Once upon", "max_tokens": 8, "temperature": 0, "seed": 7},
+    )
+    assert raw.response == direct["choices"][0]["text"]
+    assert raw.prompt_eval_count == direct["usage"]["prompt_tokens"]
+    assert raw.eval_count == direct["usage"]["completion_tokens"]
+
+
+def test_generate_streaming(client: ollama.Client) -> None:
+    parts = list(client.generate(model=CHAT, prompt="abc", options=OPTIONS, stream=True))
+    assert parts[-1].done is True
+    assert parts[-1].eval_count and parts[-1].eval_count > 0
+    assert "".join(p.response for p in parts)
+
+
+def test_raw_generate_without_num_predict_is_not_cut_at_16_tokens(client: ollama.Client) -> None:
+    # vLLM's /v1/completions default is 16 tokens; Ollama's -1 means "until stop or context".
+    answer = client.generate(
+        model=CHAT, prompt="a", raw=True, options={"temperature": 0, "seed": 3}
+    )
+    assert answer.eval_count is not None and answer.eval_count > 16
+
+
+def test_open_webui_load_and_unload_without_stream(facade_url: str) -> None:
+    unload = httpx.post(
+        f"{facade_url}/api/generate",
+        json={"model": f"{CHAT}:latest", "keep_alive": 0, "prompt": ""},
+        timeout=30,
+    )
+    assert unload.status_code == 200
+    assert unload.headers["content-type"].startswith("application/json")
+    assert unload.json()["done_reason"] == "unload"
+    load = httpx.post(f"{facade_url}/api/chat", json={"model": CHAT, "messages": []}, timeout=30)
+    assert load.json()["done"] is True
+    assert load.json()["done_reason"] == "load"
+
+
+def test_tools_pass_through_without_error(client: ollama.Client) -> None:
+    def get_weather(city: str) -> str:
+        """Get the weather in a city.
+
+        Args:
+          city: the city
+        """
+        return "sunny"
+
+    answer = client.chat(
+        model=CHAT,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                ],
+            },
+            {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+        ],
+        tools=[get_weather],
+        options=OPTIONS,
+    )
+    assert answer.done is True
+    assert answer.eval_count and answer.eval_count > 0
+
+
+def test_format_json_constrains_the_output(client: ollama.Client) -> None:
+    answer = client.chat(
+        model=CHAT,
+        messages=[{"role": "user", "content": "Give me JSON."}],
+        format="json",
+        options={"temperature": 0, "seed": 1, "num_predict": 12},
+    )
+    assert (answer.message.content or "").lstrip().startswith("{")
+
+
+# --- embeddings ----------------------------------------------------------------------------
+
+
+def test_embed_is_semantic(client: ollama.Client) -> None:
+    answer = client.embed(
+        model=EMBED,
+        input=["a cat sits on the mat", "a kitten rests on a rug", "quarterly tax filing deadline"],
+    )
+    cat, kitten, tax = answer.embeddings
+    assert len(cat) == 384
+    assert cosine(cat, kitten) > cosine(cat, tax) + 0.3
+    assert answer.prompt_eval_count and answer.prompt_eval_count > 0
+
+
+def test_embed_truncates_long_input_unless_told_not_to(facade_url: str) -> None:
+    long_text = " ".join(["word"] * 400)  # longer than all-minilm's 256 tokens
+    ok = httpx.post(
+        f"{facade_url}/api/embed", json={"model": EMBED, "input": long_text}, timeout=30
+    )
+    assert ok.status_code == 200
+    assert len(ok.json()["embeddings"][0]) == 384
+    refused = httpx.post(
+        f"{facade_url}/api/embed",
+        json={"model": EMBED, "input": long_text, "truncate": False},
+        timeout=30,
+    )
+    assert refused.status_code == 400
+    assert "context length" in refused.json()["error"]
+
+
+def test_legacy_embeddings(client: ollama.Client) -> None:
+    answer = client.embeddings(model=f"{EMBED}:latest", prompt="a cat")
+    assert len(answer.embedding) == 384
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def test_list_has_tagged_names_and_aliases(client: ollama.Client) -> None:
+    models = {m.model: m for m in client.list().models}
+    assert {f"{CHAT}:latest", f"{EMBED}:latest", "demo:latest"} <= set(models)
+    chat = models[f"{CHAT}:latest"]
+    assert chat.size and chat.size > 0
+    assert chat.details is not None and chat.details.family == "llama"
+    assert chat.modified_at is not None
+    assert len(chat.digest or "") == 64
+
+
+def test_show_reports_context_length_and_capabilities(client: ollama.Client) -> None:
+    show = client.show(CHAT)
+    info = show.modelinfo or {}
+    arch = info["general.architecture"]
+    assert arch == "llama"
+    assert info[f"{arch}.context_length"] == 512
+    assert "completion" in (show.capabilities or [])
+    assert "num_ctx" in (show.parameters or "")
+    embed = client.show(f"{EMBED}:latest")
+    assert "embedding" in (embed.capabilities or [])
+    assert (embed.modelinfo or {})["bert.context_length"] == 256
+
+
+def test_show_accepts_the_legacy_name_key(facade_url: str) -> None:
+    resp = httpx.post(f"{facade_url}/api/show", json={"name": "demo"}, timeout=30)
+    assert resp.status_code == 200
+    assert resp.json()["model_info"]["llama.context_length"] == 512
+
+
+def test_ps_and_version(client: ollama.Client, facade_url: str) -> None:
+    running = {m.model: m for m in client.ps().models}
+    chat = running[f"{CHAT}:latest"]
+    assert chat.context_length == 512
+    assert chat.expires_at is not None and chat.expires_at.year >= 2999
+    version = httpx.get(f"{facade_url}/api/version", timeout=10).json()["version"]
+    assert tuple(int(x) for x in version.split(".")) >= (0, 6, 4)
+    root = httpx.get(f"{facade_url}/", timeout=10)
+    assert root.text == "Ollama is running"
+    assert root.headers["content-type"].startswith("text/plain")
+
+
+def test_pull_of_a_served_model_succeeds_and_of_another_says_what_to_do(
+    client: ollama.Client,
+) -> None:
+    statuses = [p.status for p in client.pull(CHAT, stream=True)]
+    assert statuses[-1] == "success"
+    with pytest.raises(ollama.ResponseError) as info:
+        client.pull("no-such-model")
+    assert "vllama pull no-such-model" in str(info.value)
+    with pytest.raises(ollama.ResponseError) as info:
+        client.push(CHAT)
+    assert info.value.status_code == 400
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_a_404_response_error(client: ollama.Client) -> None:
+    for call in (
+        lambda: client.chat(model="nope", messages=[{"role": "user", "content": "x"}]),
+        lambda: client.generate(model="nope", prompt="x"),
+        lambda: client.show("nope"),
+        lambda: client.embed(model="nope", input="x"),
+    ):
+        with pytest.raises(ollama.ResponseError) as info:
+            call()
+        assert info.value.status_code == 404
+        assert "model 'nope' not found" in info.value.error
+
+
+def test_ndjson_framing(facade_url: str) -> None:
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "options": OPTIONS}
+    with httpx.stream("POST", f"{facade_url}/api/chat", json=body, timeout=60) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("application/x-ndjson")
+        raw = resp.read().decode()
+    assert raw.endswith("\n")
+    lines = raw[:-1].split("\n")
+    assert all(line.strip() for line in lines), "no blank lines"
+    objects = [json.loads(line) for line in lines]
+    assert [o["done"] for o in objects] == [False] * (len(objects) - 1) + [True]
+    final = objects[-1]
+    for key in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ):
+        assert isinstance(final[key], int), key
+    assert final["created_at"].endswith("Z")
+
+
+def test_non_streaming_is_one_json_object(facade_url: str) -> None:
+    body = {"model": CHAT, "prompt": "hi", "stream": False, "options": OPTIONS}
+    resp = httpx.post(f"{facade_url}/api/generate", json=body, timeout=60)
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.json()["done"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "words"),
+    [
+        ("/api/chat", b'{"model": "vllama-demo", "messages": [', "invalid JSON"),
+        ("/api/generate", b"", "missing request body"),
+        (
+            "/api/chat",
+            b'{"model": "vllama-demo", "messages": [{"role": "user", "content": "x"}], '
+            b'"options": {"temperature": "hot"}}',
+            'option "temperature"',
+        ),
+        (
+            "/api/generate",
+            b'{"model": "vllama-demo", "prompt": "x", "options": {"num_predict": "5"}}',
+            'option "num_predict"',
+        ),
+        ("/api/embed", b'{"model": "all-minilm", "input": [1, 2]}', "invalid input type"),
+        ("/api/chat", b'{"messages": []}', "model is required"),
+    ],
+)
+def test_bad_requests_are_400_naming_the_field(
+    facade_url: str, path: str, content: bytes, words: str
+) -> None:
+    resp = httpx.post(
+        f"{facade_url}{path}",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 400
+    assert words in resp.json()["error"]
+
+
+def test_models_used_for_the_wrong_job_are_told_so(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        client.embed(model=CHAT, input="x")
+    assert info.value.status_code == 400
+    assert "does not support embeddings" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model=EMBED, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 400
+    assert "embedding model" in info.value.error
+
+
+def test_engine_errors_keep_their_status(facade_url: str) -> None:
+    # A prompt longer than the context: vLLM's 400, passed on in Ollama's shape.
+    body = {"model": CHAT, "prompt": "word " * 2000, "stream": True}
+    resp = httpx.post(f"{facade_url}/api/generate", json=body, timeout=60)
+    assert resp.status_code == 400
+    assert resp.headers["content-type"].startswith("application/json")
+    assert "context length" in resp.json()["error"]
+
+
+def _cancelled_upstream(facade_url: str) -> float:
+    text = httpx.get(f"{facade_url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllama_upstream_errors_total{") and 'kind="cancelled"' in line
+    )
+
+
+def test_client_disconnect_ends_the_upstream_request(facade_url: str) -> None:
+    before = _cancelled_upstream(facade_url)
+    # A long raw generation (up to the whole context); leave after the first line.
+    body = {"model": CHAT, "prompt": "a", "raw": True, "options": {"seed": 1, "num_predict": 480}}
+    with httpx.stream("POST", f"{facade_url}/api/generate", json=body, timeout=60) as resp:
+        first = json.loads(next(resp.iter_lines()))
+        assert first["done"] is False
+    deadline = time.monotonic() + 15
+    while _cancelled_upstream(facade_url) <= before:
+        assert time.monotonic() < deadline, "the façade kept the engine request open"
+        time.sleep(0.05)

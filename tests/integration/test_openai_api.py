@@ -1,0 +1,118 @@
+"""The OpenAI API through the façade, driven by the official `openai` SDK against real
+vLLM engines: what the SDK gets must be what the engine gives when asked directly."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.engines import Engine
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(120)]
+
+CHAT = "vllama-demo"
+EMBED = "all-minilm"
+MESSAGES: list[Any] = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def client(facade_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{facade_url}/v1", api_key="unused", timeout=60, max_retries=0)
+
+
+def direct(engine: Engine) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{engine.url}/v1", api_key="unused", timeout=60, max_retries=0)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def test_chat_stream_with_usage_matches_the_engine(
+    client: openai.OpenAI, chat_engine: Engine
+) -> None:
+    kwargs: dict[str, Any] = {"messages": MESSAGES, "max_tokens": 12, "temperature": 0, "seed": 3}
+    chunks = list(
+        client.chat.completions.create(
+            model="demo",  # an alias: rewritten to the engine's id
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    assert usage is not None and not chunks[-1].choices
+    assert all(c.model == CHAT for c in chunks)
+    ref = direct(chat_engine).chat.completions.create(model=CHAT, **kwargs)
+    assert ref.usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        ref.usage.prompt_tokens,
+        ref.usage.completion_tokens,
+    )
+    assert usage.completion_tokens == 12  # the random demo model never stops early
+    assert text == ref.choices[0].message.content  # greedy: same tokens both ways
+
+
+def test_stream_headers(facade_url: str) -> None:
+    body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", f"{facade_url}/v1/chat/completions", json=body, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["x-accel-buffering"] == "no"
+    assert r.headers["cache-control"] == "no-cache"
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+def test_chat_non_streaming(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=5)
+    assert resp.model == CHAT
+    assert resp.usage is not None and resp.usage.completion_tokens == 5
+    assert resp.choices[0].message.role == "assistant"
+
+
+def test_completions(client: openai.OpenAI, chat_engine: Engine) -> None:
+    kwargs: dict[str, Any] = {"prompt": "Once upon a time", "max_tokens": 7, "temperature": 0}
+    resp = client.completions.create(model=CHAT, **kwargs)
+    ref = direct(chat_engine).completions.create(model=CHAT, **kwargs)
+    assert resp.choices[0].text == ref.choices[0].text
+    assert resp.usage == ref.usage
+    streamed = list(client.completions.create(model=CHAT, stream=True, **kwargs))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == ref.choices[0].text
+
+
+def test_embeddings_are_semantic(client: openai.OpenAI) -> None:
+    texts = [
+        "The cat sat on the mat.",
+        "A kitten was lying on the rug.",
+        "The tax deadline is next Tuesday.",
+    ]
+    resp = client.embeddings.create(model=EMBED, input=texts)
+    vecs = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+    assert [len(v) for v in vecs] == [384, 384, 384]
+    assert cosine(vecs[0], vecs[1]) > cosine(vecs[0], vecs[2]) + 0.2
+    assert resp.usage.prompt_tokens > 0
+
+
+def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list().data}
+    assert {CHAT, EMBED, "demo"} <= set(models)
+    assert all(m.object == "model" for m in models.values())
+    assert client.models.retrieve(CHAT).id == CHAT
+    alias = client.models.retrieve("demo")
+    assert alias.id == "demo" and (alias.model_extra or {}).get("parent") == CHAT
+    assert (models[CHAT].model_extra or {}).get("max_model_len") == 512
+
+
+def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert "model 'no-such-model' not found" in str(exc.value)
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")

@@ -1,0 +1,185 @@
+"""Resilience against real engines: a dead replica is routed around and taken out by its
+circuit breaker, then taken back; a client that hangs up mid-stream makes vLLM abort; an
+engine killed under 16 streams gives every client a terminal error and readiness 503.
+
+The tests that kill or watch an engine's running count use an engine of their own (the
+session engines are shared); the replica that dies and comes back is the instant
+upstream from tests/perf (a real HTTP server speaking the OpenAI API).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.engines import REPO, Engine, free_port, http_ok, start_engine
+from tests.facade import run_facade
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
+
+CHAT = "vllama-demo"
+MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
+    """Poll until `check()`; return the seconds it took."""
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def instant_upstream(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.perf.instant_upstream", "--port", str(port)],
+        cwd=str(REPO),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("instant upstream up", lambda: http_ok(f"http://127.0.0.1:{port}/health"), 30)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def chat(http: httpx.Client) -> dict[str, Any]:
+    r = http.post(
+        "/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES, "max_tokens": 1}
+    )
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_breaker_routes_around_a_dead_replica_and_takes_it_back(chat_engine: Engine) -> None:
+    port = free_port()
+    flaky = f"http://127.0.0.1:{port}"
+    settings: dict[str, Any] = {
+        "engines": [{"url": flaky}, {"url": chat_engine.url}],
+        "breaker_failures": 2,
+        "breaker_reset_s": 3.0,
+        "health_interval_s": 60,  # requests alone drive the breaker here
+    }
+    with instant_upstream(port) as proc, run_facade(**settings) as url:
+        http = httpx.Client(base_url=url, timeout=60)
+        served_by = [chat(http)["id"].startswith("chatcmpl-instant") for _ in range(4)]
+        assert any(served_by) and not all(served_by)  # both replicas take a share
+        proc.kill()
+        proc.wait(10)
+        # Every request still succeeds: connection refused is retried on the live replica.
+        for _ in range(6):
+            assert not chat(http)["id"].startswith("chatcmpl-instant")
+        metrics = http.get("/metrics").text
+        assert metric(metrics, "vllama_engine_breaker_state", engine=flaky) == 2
+        errors = metric(metrics, "vllama_upstream_errors_total", engine=flaky, kind="connect")
+        assert errors == 2  # opened after exactly breaker_failures; then no more tries
+        ready = http.get("/health/ready").json()
+        assert {e["url"]: e["breaker"] for e in ready["engines"]}[flaky] == "open"
+
+        with instant_upstream(port):
+            # After breaker_reset_s one trial request goes there, succeeds and closes it.
+            wait_for(
+                "flaky replica back in", lambda: chat(http)["id"].startswith("chatcmpl-instant"), 15
+            )
+            metrics = http.get("/metrics").text
+            assert metric(metrics, "vllama_engine_breaker_state", engine=flaky) == 0
+
+
+@pytest.fixture(scope="module")
+def own_chat_engine() -> Iterator[Engine]:
+    """An engine this module may watch exclusively and finally kill."""
+    engine = start_engine("chat")
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def running(engine: Engine) -> float:
+    text = httpx.get(f"{engine.url}/metrics", timeout=10).text
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
+    )
+
+
+# The first test's timeout includes starting the module's engine (minutes on a busy box).
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("api", ["openai", "ollama"])
+def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine, api: str) -> None:
+    if api == "openai":
+        path = "/v1/chat/completions"
+        body: dict[str, Any] = {
+            "model": CHAT,
+            "messages": MESSAGES,
+            "max_tokens": 400,
+            "stream": True,
+        }
+    else:
+        path = "/api/chat"
+        body = {"model": CHAT, "messages": MESSAGES, "options": {"num_predict": 400}}
+    with run_facade(engines=[{"url": own_chat_engine.url}]) as url:
+        assert running(own_chat_engine) == 0
+        with httpx.stream("POST", f"{url}{path}", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+            assert running(own_chat_engine) == 1
+        # The client is gone after a few tokens of 400.
+        took = wait_for("engine request aborted", lambda: running(own_chat_engine) == 0, 5)
+        assert took < 2.5
+
+
+@pytest.mark.slow
+def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
+    """Runs last in this module: it kills the module's engine."""
+    body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+    with run_facade(engines=[{"url": own_chat_engine.url}], health_interval_s=0.5) as url:
+        started = concurrent.futures.ThreadPoolExecutor(16)
+        first_chunk = [False] * 16
+
+        def stream(i: int) -> str:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+                last = ""
+                for line in r.iter_lines():
+                    if line:
+                        first_chunk[i] = True
+                        last = line
+                return last
+
+        futures = [started.submit(stream, i) for i in range(16)]
+        wait_for("all 16 streams flowing", lambda: all(first_chunk), 120)
+        own_chat_engine.kill()
+        t0 = time.monotonic()
+        for f in futures:
+            last = f.result(timeout=30)  # no hang
+            assert last.startswith("data: {") and "error" in json.loads(last[6:]), last
+        wait_for("readiness 503", lambda: httpx.get(f"{url}/health/ready").status_code == 503, 2)
+        assert time.monotonic() - t0 < 30
+        started.shutdown()

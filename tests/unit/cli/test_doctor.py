@@ -1,0 +1,123 @@
+"""`vllama doctor` verdicts from injected facts, and one real run on this machine."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from vllama.cli.doctor import EngineFact, Facts, Gpu, evaluate
+from vllama.cli.main import main
+
+GB = 10**9
+
+
+def _status(checks: list, name: str) -> str:  # type: ignore[type-arg]
+    return next(c.status for c in checks if c.name == name)
+
+
+def healthy() -> Facts:
+    return Facts(
+        driver="560.35",
+        gpus=[Gpu(0, "NVIDIA L4", 24 * GB, 20 * GB)],
+        disk_free=500 * GB,
+        cache_dir="/models",
+        engines=[EngineFact("http://e:8000", True, True, "serves models")],
+    )
+
+
+def test_a_healthy_gpu_host_passes() -> None:
+    checks = evaluate(healthy())
+    assert {c.status for c in checks} == {"ok"}
+    assert "NVIDIA L4" in next(c.detail for c in checks if c.name == "gpu")
+
+
+def test_no_gpu_is_a_warning_with_the_cpu_build_and_a_failure_without() -> None:
+    f = Facts(nvml_error="NVML Shared Library Not Found", cpu_build=True, disk_free=100 * GB)
+    checks = evaluate(f)
+    assert _status(checks, "gpu") == "warn"
+    assert "NVML Shared Library Not Found" in next(c.detail for c in checks if c.name == "gpu")
+    f.cpu_build = False
+    gpu = next(c for c in evaluate(f) if c.name == "gpu")
+    assert gpu.status == "fail" and "driver" in gpu.hint
+
+
+def test_low_free_gpu_memory_warns() -> None:
+    f = healthy()
+    f.gpus = [Gpu(0, "NVIDIA L4", 24 * GB, 1 * GB)]
+    assert _status(evaluate(f), "gpu0-memory") == "warn"
+
+
+@pytest.mark.parametrize(
+    ("cvd", "status"), [(None, "ok"), ("0", "ok"), ("", "fail"), ("-1", "fail"), ("3", "fail")]
+)
+def test_cuda_visible_devices(cvd: str | None, status: str) -> None:
+    f = healthy()
+    f.cuda_visible_devices = cvd
+    assert _status(evaluate(f), "cuda-visible-devices") == status
+
+
+@pytest.mark.parametrize(("free", "status"), [(1 * GB, "fail"), (10 * GB, "warn"), (90 * GB, "ok")])
+def test_disk_space(free: int, status: str) -> None:
+    f = healthy()
+    f.disk_free = free
+    assert _status(evaluate(f), "disk") == status
+
+
+def test_port_taken_by_a_stranger_fails_but_by_vllama_is_fine() -> None:
+    f = healthy()
+    f.port_free = False
+    assert _status(evaluate(f), "port") == "fail"
+    f.port_answer = "Ollama is running"
+    assert _status(evaluate(f), "port") == "ok"
+
+
+def test_engines_and_config() -> None:
+    f = healthy()
+    f.engines = [
+        EngineFact("http://a:1", False, False, "connection refused"),
+        EngineFact("http://b:2", True, False, "/health answered 503"),
+    ]
+    f.config_error = "invalid configuration: port: ..."
+    checks = evaluate(f)
+    assert _status(checks, "engine http://a:1") == "fail"
+    assert _status(checks, "engine http://b:2") == "fail"
+    assert _status(checks, "config") == "fail"
+
+
+def test_real_run_reports_a_dead_engine_and_a_taken_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.engines import free_port
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    dead = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "vllama.toml").write_text(
+            f'port = {port}\ncache_dir = "{tmp_path}"\n[[engines]]\nurl = "http://127.0.0.1:{dead}"\n'
+        )
+        code = main(["doctor", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["ok"] is False
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name[f"engine http://127.0.0.1:{dead}"]["status"] == "fail"
+    assert by_name["port"]["status"] == "fail"
+    assert by_name["config"]["status"] == "ok"
+    assert by_name["disk"]["status"] in {"ok", "warn"}
+    assert by_name["gpu"]["status"] in {"ok", "warn"}  # this machine: the CPU build, no GPU
+
+
+def test_invalid_config_is_a_finding_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vllama.toml").write_text("max_queue = -5\n")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] config" in out and "max_queue" in out

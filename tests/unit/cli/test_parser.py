@@ -1,0 +1,119 @@
+"""Argument parsing: engine flags pass through, `--` hands the rest to the engines, serve's
+options become settings flags, and usage errors exit 2 with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllama.cli.main import build_parser, main
+from vllama.cli.serve import engine_args, prepare
+
+
+def _serve(argv: list[str], extra: list[str] | None = None):  # type: ignore[no-untyped-def]
+    args = build_parser().parse_args(["serve", *argv])
+    args.engine_extra = extra or []
+    prepare(args)
+    return args
+
+
+def test_known_engine_flags_pass_through_in_vllm_spelling() -> None:
+    args = _serve(
+        [
+            "--model", "Qwen/Qwen2.5-0.5B-Instruct",
+            "--gpu-memory-utilization", "0.8",
+            "--max-model-len", "4096",
+            "--tensor-parallel-size", "2",
+            "--enable-prefix-caching",
+            "--max-num-batched-tokens", "8192",
+            "--tool-call-parser", "hermes",
+            "--enable-auto-tool-choice",
+            "--reasoning-parser", "deepseek_r1",
+        ],
+        extra=["--seed", "0"],
+    )  # fmt: skip
+    assert engine_args(args) == [
+        "--gpu-memory-utilization", "0.8",
+        "--max-model-len", "4096",
+        "--tensor-parallel-size", "2",
+        "--enable-prefix-caching",
+        "--max-num-batched-tokens", "8192",
+        "--tool-call-parser", "hermes",
+        "--enable-auto-tool-choice",
+        "--reasoning-parser", "deepseek_r1",
+        "--seed", "0",
+    ]  # fmt: skip
+
+
+def test_serve_options_become_settings_flags() -> None:
+    args = _serve(
+        [
+            "--engine",
+            "http://a:1",
+            "--engine",
+            "http://b:2",
+            "--model",
+            "m1",
+            "--model",
+            "m2",
+            "--log-format",
+            "text",
+            "--port",
+            "9",
+        ]
+    )
+    assert args.settings_flags == {
+        "log_format": "text",
+        "engines": [{"url": "http://a:1"}, {"url": "http://b:2"}],
+        "models": [{"model": "m1"}, {"model": "m2"}],
+    }
+    assert args.port == 9
+
+
+def test_nothing_given_means_no_flags() -> None:
+    args = _serve([])
+    assert args.settings_flags == {"log_format": None}
+    assert engine_args(args) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["serve", "--port", "x"], ["nope"], ["list", "--bogus"], ["serve", "--log-format", "xml"]],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage: vllama" in capsys.readouterr().err
+
+
+def test_double_dash_only_for_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--", "--seed", "0"]) == 2
+    assert "only `serve`" in capsys.readouterr().err
+
+
+def test_serve_with_nothing_to_serve_says_what_to_give(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "--engine URL" in err and "--demo" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from vllama import __version__
+
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"vllama {__version__}"
+
+
+def test_ps_without_a_running_facade_exits_4(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.engines import free_port
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert main(["ps", "--port", str(free_port())]) == 4
+    assert "vllama serve" in capsys.readouterr().err

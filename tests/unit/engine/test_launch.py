@@ -1,0 +1,84 @@
+"""The engine command line: vLLM's module entry point, CPU-build defaults, capabilities."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vllama.config import ModelLaunch, Settings
+from vllama.engine.launch import capabilities_from_args, engine_spec
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings.model_validate(kw)
+
+
+def test_repo_id_on_a_gpu_build() -> None:
+    spec = engine_spec(
+        ModelLaunch(model="qwen", engine_args=["--max-model-len", "8192"]),
+        _settings(aliases={"qwen": "Qwen/Qwen2.5-0.5B-Instruct"}),
+        8100,
+        cpu_build=False,
+        environ={},
+    )
+    assert spec.command[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    cmd = " ".join(spec.command)
+    assert "--host 127.0.0.1 --port 8100" in cmd
+    assert (
+        "--model Qwen/Qwen2.5-0.5B-Instruct --served-model-name Qwen/Qwen2.5-0.5B-Instruct" in cmd
+    )
+    assert "--dtype" not in cmd and cmd.endswith("--max-model-len 8192")
+    assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env and "HF_HUB_OFFLINE" not in spec.env
+    assert spec.url == "http://127.0.0.1:8100"
+    assert spec.engine_config().models == ["Qwen/Qwen2.5-0.5B-Instruct"]
+
+
+def test_local_dir_on_the_cpu_build(tmp_path: Path) -> None:
+    model = tmp_path / "my-model"
+    model.mkdir()
+    spec = engine_spec(
+        ModelLaunch(model=str(model)),
+        _settings(engine_python="/opt/vllm/bin/python"),
+        9000,
+        cpu_build=True,
+        demo=True,
+        environ={},
+    )
+    assert spec.command[0] == "/opt/vllm/bin/python"
+    cmd = " ".join(spec.command)
+    assert "--served-model-name my-model" in cmd
+    assert "--dtype bfloat16" in cmd and "--max-model-len 512" in cmd
+    assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and spec.env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_user_flags_win_over_cpu_defaults() -> None:
+    spec = engine_spec(
+        ModelLaunch(
+            model="m", served_name="x", engine_args=["--dtype=float32", "--max-model-len", "64"]
+        ),
+        _settings(),
+        9001,
+        cpu_build=True,
+        demo=True,
+        environ={"VLLM_CPU_KVCACHE_SPACE": "4"},
+    )
+    assert spec.command.count("--max-model-len") == 1 and "bfloat16" not in spec.command
+    assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env  # the user's own value stays
+    assert spec.name == "x"
+
+
+def test_parsers_become_capabilities() -> None:
+    assert capabilities_from_args(["--tool-call-parser", "hermes"]) == ["tools"]
+    assert capabilities_from_args(["--enable-auto-tool-choice", "--reasoning-parser=qwen3"]) == [
+        "tools",
+        "thinking",
+    ]
+    assert capabilities_from_args(["--max-model-len", "9"]) == []
+    spec = engine_spec(
+        ModelLaunch(model="m", engine_args=["--reasoning-parser", "x"]),
+        _settings(),
+        1,
+        cpu_build=False,
+        environ={},
+    )
+    assert spec.engine_config().capabilities == ["thinking"]

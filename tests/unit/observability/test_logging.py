@@ -1,0 +1,83 @@
+"""Log lines: JSON (python-json-logger) or text, with the access fields and nothing else."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from vllama.config import Settings
+from vllama.observability.logging import ACCESS_FIELDS, configure_logging, log_access
+
+FIELDS = {
+    "request_id": "abc123",
+    "method": "POST",
+    "route": "/api/chat",
+    "path": "/api/chat",
+    "model": "vllama-demo",
+    "status": 200,
+    "latency_ms": 12.5,
+    "prompt_tokens": 9,
+    "completion_tokens": 4,
+    "key": "alice",
+    "client": "127.0.0.1",
+}
+
+
+@pytest.fixture
+def restore_loggers() -> Iterator[None]:
+    names = ("vllama", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = {
+        n: (
+            logging.getLogger(n).handlers[:],
+            logging.getLogger(n).level,
+            logging.getLogger(n).propagate,
+            logging.getLogger(n).disabled,
+        )
+        for n in names
+    }
+    yield
+    for n, (handlers, level, propagate, disabled) in saved.items():
+        logger = logging.getLogger(n)
+        logger.handlers, logger.level, logger.propagate, logger.disabled = (
+            handlers,
+            level,
+            propagate,
+            disabled,
+        )
+
+
+@pytest.mark.usefixtures("restore_loggers")
+def test_json_access_line_has_every_field() -> None:
+    out = io.StringIO()
+    configure_logging(Settings(log_format="json"), stream=out)
+    log_access(**FIELDS)
+    line = json.loads(out.getvalue().strip())
+    assert {k: line[k] for k in ACCESS_FIELDS} == FIELDS
+    assert line["logger"] == "vllama.access" and line["level"] == "INFO" and "time" in line
+
+
+@pytest.mark.usefixtures("restore_loggers")
+def test_text_format_is_one_readable_line() -> None:
+    out = io.StringIO()
+    configure_logging(Settings(log_format="text"), stream=out)
+    log_access(**FIELDS)
+    text = out.getvalue()
+    assert text.count("\n") == 1
+    assert "vllama.access: request" in text and "status=200" in text and "key=alice" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+
+
+@pytest.mark.usefixtures("restore_loggers")
+def test_level_filters_and_uvicorn_access_is_silenced() -> None:
+    out = io.StringIO()
+    configure_logging(Settings(log_format="json", log_level="warning"), stream=out)
+    log_access(**FIELDS)
+    logging.getLogger("uvicorn.access").warning("GET / 200")
+    logging.getLogger("vllama.upstream").warning("engine down")
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [x["message"] for x in lines] == ["engine down"]

@@ -1,0 +1,119 @@
+"""API keys: the keys file format, header forms, and a compare that touches every key."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import pytest
+
+from vllama.config import ApiKey, ConfigError, Settings
+from vllama.security import keys as keys_mod
+from vllama.security.keys import INVALID, MISSING, KeyStore, Refused, parse_keys_file
+
+ALICE = ApiKey(name="alice", key="sk-alice-0123456789")
+BATCH = ApiKey(name="batch", key="sk-batch-abcdef", max_concurrency=2, priority=10)
+
+
+def test_keys_file_lines(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(
+        "# operators\n\nalice:sk-a\n  batch:sk-b:4:10  \nci:sk-c::-5\nsolo:sk-d:1\n",
+        encoding="utf-8",
+    )
+    assert parse_keys_file(path) == [
+        ApiKey(name="alice", key="sk-a"),
+        ApiKey(name="batch", key="sk-b", max_concurrency=4, priority=10),
+        ApiKey(name="ci", key="sk-c", priority=-5),
+        ApiKey(name="solo", key="sk-d", max_concurrency=1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("only-a-key", "expected `name:key"),
+        (":sk-x", "expected `name:key"),
+        ("a:sk:x", "max_concurrency 'x' is not an integer"),
+        ("a:sk:0", "at least 1"),
+        ("a:sk:1:high", "priority 'high'"),
+        ("a:b:1:2:3", "expected `name:key"),
+    ],
+)
+def test_bad_lines_name_the_line_but_never_show_it(tmp_path: Path, line: str, needle: str) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"ok:sk-ok\n{line}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        parse_keys_file(path)
+    assert f"{path}:2" in str(err.value) and needle in str(err.value)
+    assert "sk-ok" not in str(err.value)
+
+
+def test_unreadable_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read it"):
+        parse_keys_file(tmp_path / "absent")
+
+
+def test_settings_and_file_are_merged(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("batch:sk-batch-abcdef:2:10\n", encoding="utf-8")
+    store = KeyStore.from_settings(Settings(api_keys=[ALICE], api_keys_file=path))
+    assert store.names() == ["alice", "batch"]
+    assert store.check("sk-batch-abcdef") == BATCH
+
+
+def test_duplicate_names_are_refused() -> None:
+    with pytest.raises(ConfigError, match="used twice"):
+        KeyStore([ALICE, ApiKey(name="alice", key="other")])
+
+
+def test_no_keys_means_open() -> None:
+    store = KeyStore()
+    assert not store.enabled and store.authenticate([]) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authorization", b"Bearer sk-alice-0123456789")],
+        [(b"authorization", b"bearer   sk-alice-0123456789 ")],
+        [(b"x-api-key", b"sk-alice-0123456789")],
+        [(b"authorization", b"Basic Zm9vOmJhcg=="), (b"x-api-key", b"sk-alice-0123456789")],
+        {"Authorization": "Bearer sk-alice-0123456789"},
+        {"x-api-key": "sk-alice-0123456789"},
+    ],
+)
+def test_accepted_forms(headers: list[tuple[bytes, bytes]] | dict[str, str]) -> None:
+    assert KeyStore([BATCH, ALICE]).authenticate(headers) == ALICE
+
+
+@pytest.mark.parametrize(
+    ("headers", "refusal"),
+    [
+        ([], MISSING),
+        ([(b"authorization", b"Bearer ")], MISSING),
+        ([(b"authorization", b"Basic c2stYWxpY2U=")], MISSING),
+        ([(b"authorization", b"Bearer sk-alice-012345678")], INVALID),  # one char short
+        ([(b"x-api-key", b"SK-ALICE-0123456789")], INVALID),
+    ],
+)
+def test_refusals(headers: list[tuple[bytes, bytes]], refusal: Refused) -> None:
+    result = KeyStore([ALICE]).authenticate(headers)
+    assert result == refusal
+    assert isinstance(result, Refused) and "sk-alice" not in result.reason
+
+
+def test_every_key_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append(1)
+        return real(a, b)
+
+    monkeypatch.setattr(keys_mod.hmac, "compare_digest", counting)
+    store = KeyStore([ApiKey(name=f"k{i}", key=f"sk-{i}") for i in range(5)])
+    for presented in ("sk-0", "sk-4", "nope"):
+        calls.clear()
+        store.check(presented)
+        assert len(calls) == 5, presented

@@ -1,0 +1,401 @@
+"""RequestContextMiddleware on a tiny Starlette app (the real façade is covered by
+tests/integration): request id, body limit, keys, limits, and what is counted and logged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from vllama.config import ApiKey, Settings
+from vllama.observability.metrics import Metrics
+from vllama.security.keys import KeyStore
+from vllama.server.middleware import RequestContextMiddleware, route_label
+
+pytestmark = pytest.mark.timeout(60)
+
+ALICE = ApiKey(name="alice", key="sk-alice-secret")
+SOLO = ApiKey(name="solo", key="sk-solo-secret", max_concurrency=1)
+PROMPT = "the secret prompt text"
+
+
+class Gate:
+    """Lets a test hold requests inside the app and see when they arrived."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.open = asyncio.Event()
+        self.open.set()
+
+
+async def chat(request: Request) -> Response:
+    body = await request.json()
+    gate: Gate = request.app.state.gate
+    gate.entered += 1
+    await gate.open.wait()
+    request.state.model = "vllama-demo"
+    request.state.usage = (3, 5)
+    key = request.state.api_key
+    return JSONResponse(
+        {
+            "request_id": request.state.request_id,
+            "key": key.name if key else None,
+            "echo_len": len(body["prompt"]),
+        }
+    )
+
+
+async def stream(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    seen: list[float | None] = request.app.state.seen_during_stream
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"data: 1\n\n"
+        seen.append(
+            metrics.registry.get_sample_value(
+                "vllama_requests_total",
+                {
+                    "api": "openai",
+                    "route": "/v1/chat/completions",
+                    "model": "vllama-demo",
+                    "status": "200",
+                    "key": "anonymous",
+                },
+            )
+        )
+        request.state.model = "vllama-demo"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(chunks(), media_type="text/event-stream")
+
+
+async def embed(request: Request) -> Response:
+    return JSONResponse({"size": len(await request.body())})
+
+
+async def plain(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("route bug")
+
+
+def make_app(metrics: Metrics, **settings: Any) -> Starlette:
+    s = Settings(**settings)
+    app = Starlette(
+        routes=[
+            Route("/api/chat", chat, methods=["POST"]),
+            Route("/v1/chat/completions", stream, methods=["POST"]),
+            Route("/v1/embeddings", embed, methods=["POST"]),
+            Route("/api/tags", plain),
+            Route("/api/version", plain),
+            Route("/health", plain),
+            Route("/", plain),
+            Route("/v1/models", plain),
+            Route("/v1/models/{model}", plain),
+            Route("/metrics", plain),
+            Route("/api/show", boom, methods=["POST"]),
+        ],
+        middleware=[
+            Middleware(
+                RequestContextMiddleware,
+                settings=s,
+                metrics=metrics,
+                keys=KeyStore.from_settings(s),
+            )
+        ],
+    )
+    app.state.metrics = metrics
+    app.state.gate = Gate()
+    app.state.seen_during_stream = []
+    return app
+
+
+def client_for(app: Starlette) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://facade")
+
+
+def middleware_of(app: Starlette) -> RequestContextMiddleware:
+    layer: Any = app.middleware_stack
+    while not isinstance(layer, RequestContextMiddleware):
+        layer = layer.app
+    return layer
+
+
+def sample(m: Metrics, name: str, **labels: str) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def access_log() -> Iterator[Capture]:
+    logger = logging.getLogger("vllama.access")
+    handler, level = Capture(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_route_labels_are_bounded() -> None:
+    assert route_label("/api/chat") == "/api/chat"
+    assert route_label("/v1/models/org/model-x") == "/v1/models/{model}"
+    assert route_label("/api/blobs/sha256:abc") == "/api/blobs/{digest}"
+    assert {route_label(f"/wp-admin/{i}") for i in range(50)} == {"other"}
+
+
+async def test_request_id_is_generated_or_propagated(access_log: Capture) -> None:
+    metrics = Metrics()
+    async with client_for(make_app(metrics)) as c:
+        r1 = await c.post("/api/chat", json={"prompt": PROMPT})
+        r2 = await c.post("/api/chat", json={"prompt": PROMPT}, headers={"X-Request-ID": "req-42"})
+        r3 = await c.get("/api/tags", headers={"X-Request-ID": "bad id with spaces"})
+    rid = r1.headers["x-request-id"]
+    assert len(rid) == 32 and r1.json()["request_id"] == rid
+    assert r2.headers["x-request-id"] == "req-42" == r2.json()["request_id"]
+    assert r3.headers["x-request-id"] != "bad id with spaces"
+    assert [r.request_id for r in access_log.records] == [rid, "req-42", r3.headers["x-request-id"]]  # type: ignore[attr-defined]
+
+
+async def test_access_line_and_request_metrics(access_log: Capture) -> None:
+    metrics = Metrics()
+    async with client_for(make_app(metrics)) as c:
+        r = await c.post("/api/chat", json={"prompt": PROMPT})
+        assert r.status_code == 200
+        for path in ("/nope", "/wp-login.php", "/v1/models/x"):
+            await c.get(path)
+    line = access_log.records[0].__dict__
+    assert {k: line[k] for k in ("method", "route", "model", "status", "key", "client")} == {
+        "method": "POST",
+        "route": "/api/chat",
+        "model": "vllama-demo",
+        "status": 200,
+        "key": "anonymous",
+        "client": "127.0.0.1",
+    }
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (3, 5)
+    assert line["latency_ms"] > 0
+    assert all(PROMPT not in json.dumps(r.__dict__, default=str) for r in access_log.records)
+    chat = {"api": "ollama", "route": "/api/chat", "model": "vllama-demo"}
+    assert sample(metrics, "vllama_requests_total", **chat, status="200", key="anonymous") == 1
+    assert sample(metrics, "vllama_request_duration_seconds_count", **chat) == 1
+    other = {"api": "other", "route": "other", "model": "", "key": "anonymous"}
+    assert sample(metrics, "vllama_requests_total", **other, status="404") == 2
+    labels = {"api": "openai", "route": "/v1/models/{model}", "model": "", "key": "anonymous"}
+    assert sample(metrics, "vllama_requests_total", **labels, status="200") == 1
+
+
+async def test_streams_are_counted_when_they_end() -> None:
+    metrics = Metrics()
+    app = make_app(metrics)
+    async with client_for(app) as c:
+        r = await c.post("/v1/chat/completions", json={"stream": True})
+    assert r.text == "data: 1\n\ndata: [DONE]\n\n"
+    assert app.state.seen_during_stream == [None]  # not yet counted mid-stream
+    labels = {"api": "openai", "route": "/v1/chat/completions", "model": "vllama-demo"}
+    assert sample(metrics, "vllama_requests_total", **labels, status="200", key="anonymous") == 1
+    assert sample(metrics, "vllama_requests_in_flight", api="openai", route=labels["route"]) == 0
+
+
+async def test_route_errors_are_counted_as_500() -> None:
+    metrics = Metrics()
+    async with client_for(make_app(metrics)) as c:
+        r = await c.post("/api/show", json={})
+    assert r.status_code == 500
+    labels = {"api": "ollama", "route": "/api/show", "model": "", "key": "anonymous"}
+    assert sample(metrics, "vllama_requests_total", **labels, status="500") == 1
+
+
+async def test_body_limit_from_content_length_in_each_shape() -> None:
+    metrics = Metrics()
+    big = {"prompt": "x" * 2048}
+    async with client_for(make_app(metrics, max_body_bytes=1024)) as c:
+        ollama = await c.post("/api/chat", json=big)
+        openai = await c.post("/v1/embeddings", json=big)
+        small = await c.post("/v1/embeddings", json={"input": "ok"})
+    assert ollama.status_code == openai.status_code == 413
+    assert "max_body_bytes" in ollama.json()["error"]
+    assert openai.json()["error"]["type"] == "invalid_request_error"
+    assert "limit is 1024" in openai.json()["error"]["message"]
+    assert small.status_code == 200
+
+
+async def test_body_limit_while_streaming_a_chunked_body() -> None:
+    async def body(chunks: int) -> AsyncIterator[bytes]:
+        for _ in range(chunks):
+            yield b"y" * 512
+
+    async with client_for(make_app(Metrics(), max_body_bytes=1024)) as c:
+        r = await c.post("/v1/embeddings", content=body(8))
+        ok = await c.post("/v1/embeddings", content=body(1))
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413, r.text
+    assert "max_body_bytes" in r.json()["error"]["message"]
+    assert r.headers["x-request-id"]
+    assert ok.status_code == 200 and ok.json() == {"size": 512}
+
+
+async def test_keys_protect_every_route_but_the_open_ones() -> None:
+    metrics = Metrics()
+    app = make_app(metrics, api_keys=[ALICE])
+    async with client_for(app) as c:
+        for path in ("/", "/api/version", "/health"):
+            assert (await c.get(path)).status_code == 200, path
+        no_key = await c.get("/api/tags")
+        wrong = await c.get("/v1/models", headers={"Authorization": "Bearer sk-wrong"})
+        metrics_page = await c.get("/metrics")
+        bearer = await c.post(
+            "/api/chat", json={"prompt": "hi"}, headers={"Authorization": "Bearer sk-alice-secret"}
+        )
+        x_key = await c.get("/v1/models", headers={"x-api-key": "sk-alice-secret"})
+    assert no_key.status_code == wrong.status_code == metrics_page.status_code == 401
+    assert no_key.json() == {"error": no_key.json()["error"]} and "missing API key" in no_key.text
+    assert wrong.json()["error"]["type"] == "authentication_error"
+    assert "invalid API key" in wrong.json()["error"]["message"]
+    assert no_key.headers["www-authenticate"] == "Bearer"
+    assert "sk-wrong" not in wrong.text
+    assert bearer.status_code == 200 and bearer.json()["key"] == "alice"
+    assert x_key.status_code == 200
+    assert sample(metrics, "vllama_auth_failures_total", api="ollama") == 1
+    assert sample(metrics, "vllama_auth_failures_total", api="openai") == 1
+    assert sample(metrics, "vllama_auth_failures_total", api="other") == 1
+    labels = {"api": "ollama", "route": "/api/chat", "model": "vllama-demo", "status": "200"}
+    assert sample(metrics, "vllama_requests_total", **labels, key="alice") == 1
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+async def test_per_key_concurrency_is_429_in_the_path_shape() -> None:
+    app = make_app(Metrics(), api_keys=[SOLO, ALICE])
+    gate: Gate = app.state.gate
+    gate.open.clear()
+    solo = {"Authorization": "Bearer sk-solo-secret"}
+    async with client_for(app) as c:
+        first = asyncio.create_task(c.post("/api/chat", json={"prompt": "a"}, headers=solo))
+        await wait_for(lambda: gate.entered == 1, "the first request to arrive")
+        second = await c.post("/api/chat", json={"prompt": "b"}, headers=solo)
+        other_key = asyncio.create_task(
+            c.post("/api/chat", json={"prompt": "c"}, headers={"x-api-key": "sk-alice-secret"})
+        )
+        await wait_for(lambda: gate.entered == 2, "another key's request to pass")
+        gate.open.set()
+        assert (await first).status_code == 200 and (await other_key).status_code == 200
+        third = await c.post("/api/chat", json={"prompt": "d"}, headers=solo)
+    assert second.status_code == 429 and second.headers["retry-after"] == "1"
+    assert "API key 'solo'" in second.json()["error"] and "sk-solo" not in second.text
+    assert third.status_code == 200  # the slot came back
+
+
+async def test_full_queue_is_503_server_busy_with_retry_after() -> None:
+    metrics = Metrics()
+    app = make_app(metrics, max_in_flight=1, max_queue=1)
+    gate: Gate = app.state.gate
+    gate.open.clear()
+    async with client_for(app) as c:
+        running = asyncio.create_task(c.post("/api/chat", json={"prompt": "a"}))
+        await wait_for(lambda: gate.entered == 1, "the first request to run")
+        queued = asyncio.create_task(c.post("/v1/embeddings", json={"input": "b"}))
+        await wait_for(lambda: sample(metrics, "vllama_requests_queued") == 1, "one queued")
+        busy = await c.post("/v1/embeddings", json={"input": "c"})
+        tags = await c.get("/api/tags")  # not an inference route: never queued
+        gate.open.set()
+        assert (await running).status_code == 200 and (await queued).status_code == 200
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+    assert busy.json()["error"]["message"] == (
+        "server busy, please try again.  maximum pending requests exceeded"
+    )
+    assert tags.status_code == 200
+    assert sample(metrics, "vllama_queue_rejections_total") == 1
+    assert sample(metrics, "vllama_requests_queued") == 0
+
+
+async def test_rate_limit_is_429_then_passes_again() -> None:
+    app = make_app(Metrics(), rate_limit_per_minute=60, rate_limit_burst=2)
+    async with client_for(app) as c:
+        await c.get("/health")  # builds the middleware stack
+        limiter = middleware_of(app).rate
+        assert limiter is not None
+        now = [5000.0]
+        limiter._clock = lambda: now[0]
+        codes = [(await c.post("/api/chat", json={"prompt": "p"})).status_code for _ in range(2)]
+        limited = await c.post("/api/chat", json={"prompt": "p"})
+        tags = [(await c.get("/api/tags")).status_code for _ in range(5)]  # not limited
+        now[0] += 1.0
+        again = await c.post("/api/chat", json={"prompt": "p"})
+        forwarded = await c.post(
+            "/api/chat", json={"prompt": "p"}, headers={"X-Forwarded-For": "198.51.100.7"}
+        )
+    assert codes == [200, 200] and tags == [200] * 5
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
+    assert "rate limit exceeded" in limited.json()["error"]
+    assert again.status_code == 200
+    assert forwarded.status_code == 200  # another client behind the trusted proxy
+
+
+async def _asgi_cost(app: Any, n: int) -> float:
+    """Median seconds per request through `app` (called directly: no HTTP, no network)."""
+    scope_base = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/tags",
+        "headers": [(b"host", b"facade"), (b"user-agent", b"bench")],
+        "client": ("127.0.0.1", 5000),
+        "query_string": b"",
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await app(dict(scope_base), receive, send)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+async def test_added_cost_per_request_is_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    wrapped = RequestContextMiddleware(
+        bare, settings=Settings(api_keys=[ALICE]), metrics=Metrics(), keys=None
+    )
+    await _asgi_cost(wrapped, 200)  # warm up label children
+    added = await _asgi_cost(wrapped, 3000) - await _asgi_cost(bare, 3000)
+    with capsys.disabled():
+        print(f"\nmiddleware added cost per request (median): {added * 1e6:.1f} µs")
+    assert added < 0.0005
