@@ -69,7 +69,7 @@ def engine_command(kind: str, port: int) -> list[str]:
         str(port),
         "--dtype",
         "bfloat16",
-        "--disable-log-stats",
+        # No --disable-log-stats: in vLLM 0.32 it also turns off every vllm:* metric.
     ]
     if kind == "chat":
         return [
