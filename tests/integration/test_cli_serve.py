@@ -24,7 +24,9 @@ from vllama.engine import demo_model
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 
 
-def cli(serve: Serve, tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    serve: Serve, tmp: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vllama.cli.main", *args, "--port", str(serve.port)],
         capture_output=True,
@@ -57,7 +59,9 @@ def sigterm_during_streams(serve: Serve, n: int = 4) -> tuple[list[dict[str, Any
     """Start n streams, SIGTERM `serve` once all are flowing; return results and the time."""
     results: list[dict[str, Any]] = []
     flowing = [threading.Event() for _ in range(n)]
-    threads = [threading.Thread(target=stream_chat, args=(serve.url, results, ev)) for ev in flowing]
+    threads = [
+        threading.Thread(target=stream_chat, args=(serve.url, results, ev)) for ev in flowing
+    ]
     for t in threads:
         t.start()
     for ev in flowing:
@@ -82,10 +86,14 @@ def test_serve_engine_url(chat_engine: Engine, tmp_path: Path) -> None:
     demo = cache / demo_model.DEMO_MODEL_NAME
     demo.mkdir(parents=True)
     (demo / "vllama-demo.json").write_text(json.dumps({"fingerprint": demo_model._fingerprint()}))
-    with run_serve(["--engine", chat_engine.url], tmp_path, env={"VLLAMA_DRAIN_TIMEOUT_S": "60"}) as serve:
+    with run_serve(
+        ["--engine", chat_engine.url], tmp_path, env={"VLLAMA_DRAIN_TIMEOUT_S": "60"}
+    ) as serve:
         client = ollama.Client(host=serve.url)
         reply = client.chat(
-            model="vllama-demo", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 8}
+            model="vllama-demo",
+            messages=[{"role": "user", "content": "hi"}],
+            options={"num_predict": 8},
         )
         assert reply.message.content and reply.eval_count == 8
 

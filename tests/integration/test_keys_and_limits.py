@@ -29,7 +29,7 @@ from tests.facade import run_facade
 from vllama.config import Settings
 from vllama.server.app import create_app
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(180, func_only=True)]
 
 CHAT = "vllama-demo"
 EMBED = "all-minilm"
@@ -94,8 +94,8 @@ def keyed(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
 
 def test_every_protected_route_needs_a_key(keyed: str) -> None:
     routes = app_routes()
-    assert PROTECTED <= routes, f"routes missing from the app: {PROTECTED - routes}"
-    assert OPEN <= routes
+    assert routes >= PROTECTED, f"routes missing from the app: {PROTECTED - routes}"
+    assert routes >= OPEN
     with httpx.Client(base_url=keyed, timeout=60) as c:
         for method, template in sorted(routes - OPEN):
             path = concrete(template)
@@ -243,25 +243,25 @@ def test_rate_limit_is_429_with_retry_after_then_passes(
     chat_engine: Engine, embed_engine: Engine
 ) -> None:
     body = {"model": EMBED, "input": "r"}
-    with run_facade(
-        engines=engines(chat_engine, embed_engine), rate_limit_per_minute=60, rate_limit_burst=2
-    ) as url:
-        with httpx.Client(base_url=url, timeout=60) as c:
-            first = [c.post("/api/embed", json=body).status_code for _ in range(2)]
-            limited = c.post("/v1/embeddings", json=body)
-            not_inference = [c.get("/api/tags").status_code for _ in range(5)]
-            # Behind a trusted proxy (127.0.0.1 is one by default) each client has its own bucket.
-            proxied = c.post("/api/embed", json=body, headers={"X-Forwarded-For": "198.51.100.7"})
-            started = time.monotonic()
-            passed: list[int] = []
-            wait_until(
-                lambda: (
-                    passed.append(c.post("/api/embed", json=body).status_code) or passed[-1] == 200
-                ),
-                "the bucket to refill",
-                timeout=5,
-            )
-            waited = time.monotonic() - started
+    with (
+        run_facade(
+            engines=engines(chat_engine, embed_engine), rate_limit_per_minute=60, rate_limit_burst=2
+        ) as url,
+        httpx.Client(base_url=url, timeout=60) as c,
+    ):
+        first = [c.post("/api/embed", json=body).status_code for _ in range(2)]
+        limited = c.post("/v1/embeddings", json=body)
+        not_inference = [c.get("/api/tags").status_code for _ in range(5)]
+        # Behind a trusted proxy (127.0.0.1 is one by default) each client has its own bucket.
+        proxied = c.post("/api/embed", json=body, headers={"X-Forwarded-For": "198.51.100.7"})
+        started = time.monotonic()
+        passed: list[int] = []
+        wait_until(
+            lambda: passed.append(c.post("/api/embed", json=body).status_code) or passed[-1] == 200,
+            "the bucket to refill",
+            timeout=5,
+        )
+        waited = time.monotonic() - started
     assert first == [200, 200] and not_inference == [200] * 5
     assert limited.status_code == 429
     assert int(limited.headers["retry-after"]) == 1
@@ -271,12 +271,20 @@ def test_rate_limit_is_429_with_retry_after_then_passes(
     assert set(passed[:-1]) <= {429} and passed[-1] == 200 and waited <= 1.5
 
 
-def test_priority_of_a_key_reaches_the_engine(keyed: str) -> None:
-    # vLLM refuses `priority` unless started with --scheduling-policy priority; the demo
-    # engine runs FCFS, so a key with a priority gets the engine's own 400 naming it.
-    solo = ollama.Client(host=keyed, timeout=60, headers={"Authorization": f"Bearer {SOLO}"})
-    with pytest.raises(ollama.ResponseError) as err:
-        solo.chat(
-            model=CHAT, messages=[{"role": "user", "content": "x"}], options={"num_predict": 1}
-        )
-    assert "priority" in json.dumps(err.value.error).lower()
+def test_body_limit_is_413_in_each_shape(chat_engine: Engine, embed_engine: Engine) -> None:
+    big = {"model": EMBED, "input": "x" * 4096}
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: checked while the body streams in
+        yield json.dumps(big).encode()
+
+    with run_facade(engines=engines(chat_engine, embed_engine), max_body_bytes=1024) as url:
+        ollama_413 = httpx.post(f"{url}/api/embed", json=big, timeout=60)
+        openai_413 = httpx.post(f"{url}/v1/embeddings", json=big, timeout=60)
+        streamed = httpx.post(f"{url}/v1/embeddings", content=chunked(), timeout=60)
+        small = httpx.post(f"{url}/api/embed", json={"model": EMBED, "input": "x"}, timeout=60)
+    assert ollama_413.status_code == openai_413.status_code == streamed.status_code == 413
+    assert "max_body_bytes" in ollama_413.json()["error"]
+    assert openai_413.json()["error"]["type"] == "invalid_request_error"
+    assert "content-length" not in streamed.request.headers
+    assert "max_body_bytes" in streamed.json()["error"]["message"]
+    assert small.status_code == 200

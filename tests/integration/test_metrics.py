@@ -17,7 +17,7 @@ from tests.engines import Engine
 from tests.facade import run_facade
 from vllama import __version__
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(180, func_only=True)]
 
 CHAT = "vllama-demo"
 EMBED = "all-minilm"
@@ -113,9 +113,12 @@ def test_counts_after_known_traffic(facade: str, chat_engine: Engine) -> None:
     assert delta("vllama_completion_tokens_total", model=CHAT) == completion
     chat = {"api": "openai", "route": "/v1/chat/completions", "model": CHAT}
     assert delta("vllama_time_to_first_token_seconds_count", **chat) == 1
-    assert delta("vllama_inter_chunk_seconds_count", **chat) >= 1
     gen = {"api": "ollama", "route": "/api/generate", "model": CHAT}
     assert delta("vllama_time_to_first_token_seconds_count", **gen) == 1
+    # One gap per parsed event after the first (the OpenAI pass-through times network
+    # chunks instead, which the kernel may coalesce: not asserted).
+    content_parts = [p for p in parts if p.response]
+    assert delta("vllama_inter_chunk_seconds_count", **gen) >= len(content_parts) - 1
     assert delta("vllama_request_duration_seconds_count", **gen) == 1
     assert delta("vllama_overhead_seconds_count", api="ollama", route="/api/chat") == 2
     assert get(after, "vllama_engine_up", engine=chat_engine.url) == 1

@@ -260,6 +260,8 @@ def test_ps_and_version(client: ollama.Client, facade_url: str) -> None:
     root = httpx.get(f"{facade_url}/", timeout=10)
     assert root.text == "Ollama is running"
     assert root.headers["content-type"].startswith("text/plain")
+    for path in ("/", "/api/version", "/api/tags"):  # heartbeats use HEAD
+        assert httpx.head(f"{facade_url}{path}", timeout=10).status_code == 200, path
 
 
 def test_pull_of_a_served_model_succeeds_and_of_another_says_what_to_do(
@@ -273,6 +275,20 @@ def test_pull_of_a_served_model_succeeds_and_of_another_says_what_to_do(
     with pytest.raises(ollama.ResponseError) as info:
         client.push(CHAT)
     assert info.value.status_code == 400
+
+
+def test_copy_makes_an_alias_and_delete_removes_it(client: ollama.Client) -> None:
+    assert client.copy(CHAT, "mine:v1").status == "success"
+    answer = client.generate(model="mine:v1", prompt="x", options=OPTIONS)
+    assert answer.model == "mine:v1"
+    assert "mine:v1" in {m.model for m in client.list().models}
+    assert client.delete("mine:v1").status == "success"
+    with pytest.raises(ollama.ResponseError) as info:
+        client.generate(model="mine:v1", prompt="x")
+    assert info.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as info:
+        client.delete(CHAT)  # served by a running engine: says what to do
+    assert "stop that engine first" in info.value.error
 
 
 # --- errors --------------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def test_breaker_routes_around_a_dead_replica_and_takes_it_back(chat_engine: Eng
 
 @pytest.fixture(scope="module")
 def own_chat_engine() -> Iterator[Engine]:
-    """An engine this module may watch exclusively and finally kill."""
+    """An engine this module may watch exclusively (its vllm:num_requests_running shows
+    aborts) and finally kill."""
     engine = start_engine("chat")
     try:
         yield engine
@@ -176,10 +177,11 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
         futures = [started.submit(stream, i) for i in range(16)]
         wait_for("all 16 streams flowing", lambda: all(first_chunk), 120)
         own_chat_engine.kill()
-        t0 = time.monotonic()
+        took = wait_for(
+            "readiness 503", lambda: httpx.get(f"{url}/health/ready").status_code == 503, 2
+        )
         for f in futures:
             last = f.result(timeout=30)  # no hang
             assert last.startswith("data: {") and "error" in json.loads(last[6:]), last
-        wait_for("readiness 503", lambda: httpx.get(f"{url}/health/ready").status_code == 503, 2)
-        assert time.monotonic() - t0 < 30
+        assert took <= 2
         started.shutdown()

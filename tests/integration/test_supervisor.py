@@ -34,11 +34,12 @@ STARTUP_TIMEOUT_S = 600
 def chat_ok(url: str) -> bool:
     try:
         reply = ollama.Client(host=url, timeout=30).chat(
-            model="vllama-demo", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
+            model="vllama-demo",
+            messages=[{"role": "user", "content": "hi"}],
+            options={"num_predict": 4},
         )
-    except (ollama.ResponseError, OSError, ConnectionError) as exc:
-        print("chat failed:", exc)
-        return False
+    except (ollama.ResponseError, OSError, ConnectionError):
+        return False  # 503 while the engine restarts; the caller polls with a deadline
     return bool(reply.message.content) and reply.eval_count == 4
 
 
@@ -47,7 +48,9 @@ def restarts(url: str) -> dict[str, float]:
         text = resp.read().decode()
     return {
         m.group(1): float(m.group(2))
-        for m in re.finditer(r'^vllama_engine_restarts_total\{engine="([^"]+)"\} (\S+)$', text, re.M)
+        for m in re.finditer(
+            r'^vllama_engine_restarts_total\{engine="([^"]+)"\} (\S+)$', text, re.M
+        )
     }
 
 

@@ -2,6 +2,7 @@
 
 `binary(name)` fails (never skips) when a Debian package is missing, naming the script that
 installs it. `run_daemon(...)` starts a real server on 127.0.0.1 and stops it by its own pid.
+`stats_chat_engine` is a chat engine that exports vLLM's Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.engines import LOGS, Engine, engine_command, engine_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
@@ -74,3 +77,43 @@ def run_daemon(cmd: list[str], ready_url: str, log: Path, timeout: float = 30) -
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def has_vllm_metrics(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+            return b"vllm:num_requests_running" in resp.read()
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def stats_chat_engine(chat_engine: Engine) -> Iterator[Engine]:
+    """A chat engine that exports vllm:* metrics, once per session.
+
+    vLLM V1 exports them only without --disable-log-stats. The session's chat engine is
+    used when it exports them; otherwise one engine of our own is started (and stopped).
+    `Engine.proc` is None for the session's engine and set for our own.
+    """
+    if has_vllm_metrics(chat_engine.url):
+        yield chat_engine
+        return
+    port = free_port()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"engine-chat-stats-{port}.log"
+    cmd = [a for a in engine_command("chat", port) if a != "--disable-log-stats"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=engine_env(),
+            start_new_session=True,
+            cwd=str(REPO),
+        )
+    engine = Engine("chat", f"http://127.0.0.1:{port}", chat_engine.model, proc, log)
+    try:
+        engine.wait_healthy()
+        yield engine
+    finally:
+        engine.stop()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.engines import CHAT_MODEL, LOGS, Engine, engine_command, engine_env, free_port
+from tests.engines import CHAT_MODEL, Engine, free_port, start_engine
 
 REPO = Path(__file__).resolve().parents[2]
 CADDYFILE = REPO / "proxy" / "caddy" / "Caddyfile"
@@ -108,6 +108,7 @@ def proxy_env(
 ) -> dict[str, str]:
     """The VLLAMA_PROXY_* environment a test proxy runs with (free ports, temp paths)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLAMA_PROXY_")}
+    https_port = free_port()
     env.update(
         HOME=str(state),
         XDG_DATA_HOME=str(state / "data"),
@@ -115,7 +116,8 @@ def proxy_env(
         VLLAMA_PROXY_HOSTNAME="localhost",
         VLLAMA_PROXY_BIND="127.0.0.1",
         VLLAMA_PROXY_HTTP_PORT=str(free_port()),
-        VLLAMA_PROXY_HTTPS_PORT=str(free_port()),
+        VLLAMA_PROXY_HTTPS_PORT=str(https_port),
+        VLLAMA_PROXY_REDIRECT_PORT=f":{https_port}",
         VLLAMA_PROXY_METRICS_BIND="127.0.0.1",
         VLLAMA_PROXY_METRICS_PORT=str(free_port()),
         VLLAMA_PROXY_ADMIN=f"127.0.0.1:{free_port()}",
@@ -211,38 +213,32 @@ def _health_ok(proxy: Proxy, ca: TestCA) -> bool:
 
 @contextlib.contextmanager
 def stats_engine() -> Iterator[Engine]:
-    """A chat engine of our own with vLLM's metrics on (the shared ones run without).
+    """A chat engine of our own, so its vllm:* counters see only this suite's requests.
 
-    Its vllm:* counters then see only this suite's requests.
+    While iterating, point VLLAMA_TEST_STATS_ENGINE at one nobody else uses.
     """
-    port = free_port()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"engine-chat-stats-{port}.log"
-    cmd = [a for a in engine_command("chat", port) if a != "--disable-log-stats"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=engine_env(),
-            start_new_session=True,
-            cwd=str(REPO),
-        )
-    engine = Engine("chat", f"http://127.0.0.1:{port}", CHAT_MODEL, proc, log)
+    url = os.environ.get("VLLAMA_TEST_STATS_ENGINE")
+    if url:
+        yield Engine("chat", url.rstrip("/"), CHAT_MODEL)
+        return
+    engine = start_engine("chat")
     try:
-        engine.wait_healthy()
         yield engine
     finally:
         engine.stop()
 
 
-def engine_running(engine: Engine) -> tuple[int, int]:
-    """(vllm:num_requests_running, requests finished as aborted) from the engine's /metrics."""
+def engine_counts(engine: Engine) -> tuple[int, int]:
+    """(vllm:num_requests_running, vllm:generation_tokens_total) from the engine's /metrics.
+
+    vLLM does not count aborted requests in request_success_total, but the tokens it
+    generated show whether a request ran to its end or was cut short.
+    """
     text = httpx.get(f"{engine.url}/metrics", timeout=10).text
-    running = aborted = 0.0
+    running = tokens = 0.0
     for line in text.splitlines():
         if line.startswith("vllm:num_requests_running"):
             running += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line:
-            aborted += float(line.rsplit(" ", 1)[1])
-    return int(running), int(aborted)
+        elif line.startswith("vllm:generation_tokens_total"):
+            tokens += float(line.rsplit(" ", 1)[1])
+    return int(running), int(tokens)

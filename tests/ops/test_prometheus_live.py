@@ -1,8 +1,9 @@
 """Every PromQL expression in every dashboard and rule, run against a real Prometheus.
 
 Prometheus (the shipped prometheus.yml and rules, 1 s scrape and evaluation) scrapes the
-real façade, a real vLLM engine after test traffic, the real node-exporter, a real
-Alertmanager, itself, and the recorded output of a real dcgm-exporter served over HTTP
+real façade, a real vLLM engine after test traffic, the real node-exporter, the real Caddy
+of proxy/caddy, a real Alertmanager, itself, and the recorded output of a real
+dcgm-exporter served over HTTP
 (tests/ops/fixtures/dcgm-exporter-recorded-*.prom). Every panel must return a finite value;
 every rule expression must evaluate; no alert expression may match the healthy stack.
 Alertmanager's inhibition (engine down silences its symptoms) runs on the real binary too.
@@ -14,7 +15,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -29,8 +29,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.engines import LOGS, Engine, engine_command, engine_env, free_port
+from tests.engines import Engine, free_port
 from tests.ops.conftest import FIXTURES, MONITORING, binary, run_daemon, wait_for
+from tests.ops.proxy_helpers import make_test_ca, run_proxy
 
 DCGM_RECORDINGS = {
     "rtx4000ada": FIXTURES / "dcgm-exporter-recorded-rtx4000ada.prom",
@@ -41,40 +42,6 @@ MACHINE_DEPENDENT_ALERTS = {"VllamaModelCacheDiskFilling"}
 
 
 # --- the parts Prometheus scrapes ------------------------------------------------------
-
-
-def has_vllm_metrics(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
-            return b"vllm:num_requests_running" in resp.read()
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def stats_engine(chat_engine: Engine) -> Iterator[Engine]:
-    """A chat engine that exports vllm:* metrics.
-
-    vLLM V1 exports them only without --disable-log-stats; when the session's engine was
-    started with it, this starts one of our own (and stops it).
-    """
-    if has_vllm_metrics(chat_engine.url):
-        yield chat_engine
-        return
-    port = free_port()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"engine-chat-stats-{port}.log"
-    cmd = [a for a in engine_command("chat", port) if a != "--disable-log-stats"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=engine_env(), start_new_session=True
-        )
-    engine = Engine("chat", f"http://127.0.0.1:{port}", chat_engine.model, proc, log)
-    try:
-        engine.wait_healthy()
-        yield engine
-    finally:
-        engine.stop()
 
 
 class _Recorded(BaseHTTPRequestHandler):
@@ -140,6 +107,15 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
 
 
+@pytest.fixture(scope="module")
+def caddy_metrics(tmp_path_factory: pytest.TempPathFactory, facade_url: str) -> Iterator[str]:
+    """host:port of the metrics listener of the real Caddy (proxy/caddy) before the façade."""
+    state = tmp_path_factory.mktemp("caddy")
+    ca = make_test_ca(state / "ca")
+    with run_proxy("caddy", ca, facade_url, state / "caddy") as proxy:
+        yield urllib.parse.urlsplit(proxy.metrics_url).netloc
+
+
 # --- Prometheus -------------------------------------------------------------------------
 
 
@@ -187,17 +163,18 @@ def write_config(root: Path, targets: dict[str, list[dict[str, Any]]], alertmana
 def prometheus(
     tmp_path_factory: pytest.TempPathFactory,
     facade_url: str,
-    stats_engine: Engine,
+    stats_chat_engine: Engine,
     node_exporter: str,
     dcgm_recordings: str,
     alertmanager: str,
+    caddy_metrics: str,
 ) -> Iterator[Prom]:
     root = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     targets = {
         "prometheus": [{"targets": [f"127.0.0.1:{port}"]}],
         "vllama": [{"targets": [facade_url.removeprefix("http://")]}],
-        "vllm": [{"targets": [stats_engine.url.removeprefix("http://")]}],
+        "vllm": [{"targets": [stats_chat_engine.url.removeprefix("http://")]}],
         "node": [{"targets": [node_exporter]}],
         "dcgm": [
             # One server for both recordings; `instance` names the host each came from.
@@ -207,7 +184,7 @@ def prometheus(
             }
             for name in DCGM_RECORDINGS
         ],
-        "proxy": [],
+        "proxy": [{"targets": [caddy_metrics], "labels": {"proxy": "caddy"}}],
     }
     config = write_config(root, targets, alertmanager)
     cmd = [
@@ -219,11 +196,11 @@ def prometheus(
     ]
     with run_daemon(cmd, f"http://127.0.0.1:{port}/-/ready", root / "prometheus.log"):
         prom = Prom(f"http://127.0.0.1:{port}")
-        expected = 1 + 1 + 1 + 1 + len(DCGM_RECORDINGS) + 1
+        expected = 1 + 1 + 1 + 1 + len(DCGM_RECORDINGS) + 1 + 1
         wait_for(
             lambda: prom.values("count(up == 1)") == [expected],
             f"all {expected} targets up ({prom.query('up == 0')})",
-            timeout=30,
+            timeout=60,
             proc=None,
         )
         yield prom
@@ -233,8 +210,9 @@ def scraped_after(prom: Prom, job: str, t: float) -> bool:
     return any(v > t for v in prom.values(f'timestamp(up{{job="{job}"}})'))
 
 
-def send_traffic(facade: str, engine: Engine) -> None:
-    """Ollama and OpenAI requests through the façade, streamed and not, plus embeddings."""
+def send_traffic(facade: str, direct: Engine | None) -> None:
+    """Ollama and OpenAI requests through the façade, streamed and not, plus embeddings;
+    and completions straight to `direct`, a stats engine the façade does not front."""
     with httpx.Client(base_url=facade, timeout=60) as client:
         calls = [
             ("/api/generate", {"model": "demo", "prompt": "hello", "stream": False,
@@ -248,25 +226,28 @@ def send_traffic(facade: str, engine: Engine) -> None:
         for path, body in calls:
             response = client.post(path, json=body)
             assert response.status_code == 200, f"{path}: {response.status_code} {response.text}"
-    if engine.proc is not None:  # our own stats engine sits behind no façade: call it directly
-        prompt = {"model": engine.model, "prompt": "hello", "max_tokens": 8}
+    if direct is not None:
+        prompt = {"model": direct.model, "prompt": "hello", "max_tokens": 8}
         for _ in range(2):
-            assert httpx.post(f"{engine.url}/v1/completions", json=prompt, timeout=60).is_success
+            assert httpx.post(f"{direct.url}/v1/completions", json=prompt, timeout=60).is_success
 
 
 @pytest.fixture(scope="module")
-def scraped_traffic(prometheus: Prom, facade_url: str, stats_engine: Engine) -> Prom:
+def scraped_traffic(
+    prometheus: Prom, facade_url: str, chat_engine: Engine, stats_chat_engine: Engine
+) -> Prom:
     """Traffic in two rounds, so the façade's new series are seen at 0 rate first."""
-    send_traffic(facade_url, stats_engine)
+    direct = None if stats_chat_engine.url == chat_engine.url else stats_chat_engine
+    send_traffic(facade_url, direct)
     t = time.time()
     wait_for(
         lambda: scraped_after(prometheus, "vllama", t) and scraped_after(prometheus, "vllm", t),
         "a scrape after the first round",
-        timeout=15,
+        timeout=30,
         proc=None,
     )
     for _ in range(3):
-        send_traffic(facade_url, stats_engine)
+        send_traffic(facade_url, direct)
     positive = (
         "sum(api_route_model_status:vllama_requests:rate5m)",
         "sum(model:vllama_completion_tokens:rate5m)",
@@ -278,7 +259,7 @@ def scraped_traffic(prometheus: Prom, facade_url: str, stats_engine: Engine) -> 
         return all(any(v > 0 for v in prometheus.values(e)) for e in positive)
 
     try:
-        wait_for(all_positive, "recorded rates > 0", timeout=20, proc=None)
+        wait_for(all_positive, "recorded rates > 0", timeout=40, proc=None)
     except TimeoutError as exc:
         got = {e: prometheus.values(e) for e in positive}
         raise AssertionError(f"after traffic, expected every rate > 0, got {got}") from exc

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import ssl
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,22 +25,25 @@ import pytest
 from tests.engines import Engine
 from tests.ops.proxy_helpers import (
     CADDYFILE,
+    NGINX_DIR,
     OTHER_CLIENT,
     PROXIES,
     Proxy,
     TestCA,
     caddy_command,
-    engine_running,
+    engine_counts,
     make_test_ca,
     nginx_command,
     proxy_env,
     render_nginx,
+    require,
     run,
     run_proxy,
     stats_engine,
 )
 
-pytestmark = pytest.mark.timeout(300)
+# Generous: the first test may wait for the session engines, the last one starts its own.
+pytestmark = pytest.mark.timeout(600)
 
 BODY_LIMIT = 1024 * 1024  # small, so the oversize test sends 2 MiB, not 32
 SECURITY_HEADERS = {
@@ -102,11 +107,17 @@ def test_nginx_config_passes_nginx_t(test_ca: TestCA, tmp_path: Path) -> None:
     assert "test is successful" in result.stderr
 
 
+def test_nginx_render_script_passes_shellcheck() -> None:
+    script = NGINX_DIR / "render-templates.sh"
+    result = run([require("shellcheck"), str(script)])
+    assert result.returncode == 0, result.stdout
+
+
 # --- streaming ------------------------------------------------------------------------------
 
 
 def _first_line_share(
-    client: httpx.Client, path: str, body: dict[str, object]
+    client: httpx.Client, path: str, body: Mapping[str, object]
 ) -> tuple[float, int]:
     """(time of the first line / time of the last line, lines) for one streamed request."""
     start = time.monotonic()
@@ -125,7 +136,7 @@ def _first_line_share(
     return (first - start) / (last - start), lines
 
 
-def _assert_streams(client: httpx.Client, path: str, body: dict[str, object]) -> None:
+def _assert_streams(client: httpx.Client, path: str, body: Mapping[str, object]) -> None:
     # A buffering proxy delivers the first line with (or near) the last on every try; a
     # busy shared CPU may delay one try's first token, so the best of three counts.
     shares = []
@@ -205,20 +216,21 @@ def test_security_headers_on_answers_and_refusals(proxy: Proxy, test_ca: TestCA)
         for resp in (client.get("/api/tags"), client.get("/no-such-path")):
             for name, value in SECURITY_HEADERS.items():
                 assert value in resp.headers.get(name, ""), (resp.url, name, resp.headers)
-            assert "caddy" not in resp.headers.get("server", "").lower()
-            assert resp.headers.get("server", "nginx") == "nginx"  # no version either
+            assert resp.headers.get("server") in (None, "nginx")  # no name or version
 
 
 @pytest.mark.engine
 def test_oversize_body_gets_413_in_json(proxy: Proxy, test_ca: TestCA) -> None:
+    def chunked() -> Iterator[bytes]:  # no Content-Length: caught while it streams
+        for _ in range(2 * BODY_LIMIT // 65536):
+            yield b"x" * 65536
+
+    headers = {"content-type": "application/json"}
     with proxy.client(test_ca, timeout=60) as client:
-        resp = client.post(
-            "/api/chat",
-            content=b"x" * (2 * BODY_LIMIT),
-            headers={"content-type": "application/json"},
-        )
-    assert resp.status_code == 413
-    assert "too large" in resp.json()["error"]
+        for content in (b"x" * (2 * BODY_LIMIT), chunked()):
+            resp = client.post("/api/chat", content=content, headers=headers)
+            assert resp.status_code == 413
+            assert "too large" in resp.json()["error"]
 
 
 @pytest.mark.engine
@@ -240,21 +252,17 @@ def test_metrics_only_for_the_monitoring_network(proxy: Proxy, test_ca: TestCA) 
         assert other.get(proxy.metrics_url, timeout=10).status_code == 404
 
 
-def _access_log_entries(proxy: Proxy) -> list[dict[str, object]]:
+def _access_log_entries(proxy: Proxy) -> list[dict[str, Any]]:
     lines = proxy.access_log.read_text().splitlines() if proxy.access_log.exists() else []
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _logged_request_id(entry: dict[str, object]) -> str | None:
-    if "request_id" in entry:  # nginx's log_format
+def _logged_request_id(entry: dict[str, Any]) -> str | None:
+    if "request_id" in entry:  # nginx: the log_format's own field
         return str(entry["request_id"])
-    request = entry.get("request")
-    if isinstance(request, dict):  # caddy: the request headers as the façade received them
-        ids = request.get("headers", {}).get("X-Request-Id") or request.get("headers", {}).get(
-            "X-Request-ID"
-        )
-        return str(ids[0]) if ids else None
-    return None
+    # caddy: the id it sent back (the client's, or the one it generated for the façade)
+    ids = entry.get("resp_headers", {}).get("X-Request-Id")
+    return str(ids[0]) if ids else None
 
 
 @pytest.mark.engine
@@ -309,8 +317,12 @@ def test_burst_gets_429_with_retry_after_then_passes(
 
 
 @pytest.fixture(scope="module")
-def own_engine() -> Iterator[Engine]:
-    """A chat engine with its vllm:* metrics on, used by nobody else while the test runs."""
+def own_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A chat engine nobody else uses while the test counts its tokens: the session's own
+    (CI), or a fresh one when the session shares a development engine with others."""
+    if not os.environ.get("VLLAMA_TEST_CHAT_ENGINE"):
+        yield request.getfixturevalue("chat_engine")
+        return
     with stats_engine() as engine:
         yield engine
 
@@ -333,15 +345,16 @@ def test_client_hangup_cancels_the_generation(
         run_proxy(kind, test_ca, url, tmp_path) as proxy,
         proxy.client(test_ca, timeout=60) as client,
     ):
-        aborted_before = engine_running(own_engine)[1]
+        tokens_before = engine_counts(own_engine)[1]
         with client.stream("POST", "/api/generate", json=body) as resp:
             assert resp.status_code == 200
-            lines = resp.iter_lines()
-            next(lines)
-            assert engine_running(own_engine)[0] == 1, "the generation should be running now"
-        # The client hung up after one line: the engine must abort, not finish, the request.
-        deadline = time.monotonic() + 20
-        while engine_running(own_engine) != (0, aborted_before + 1):
+            next(resp.iter_lines())
+        # The client hung up after one line. At temperature 0 the demo model never stops
+        # early (done_reason "length"), so an engine left running produces all LONG tokens.
+        deadline = time.monotonic() + 30
+        while (counts := engine_counts(own_engine))[0] != 0:
             if time.monotonic() > deadline:
-                pytest.fail(f"engine (running, aborted) = {engine_running(own_engine)}")
+                pytest.fail(f"engine still running {counts[0]} request(s) 30 s after the hang-up")
             time.sleep(0.05)
+        generated = counts[1] - tokens_before
+        assert 0 < generated < LONG, f"the engine generated {generated} of {LONG} tokens"

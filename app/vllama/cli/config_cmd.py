@@ -29,7 +29,7 @@ DESCRIPTIONS: dict[str, str] = {
     "breaker_reset_s": "Seconds before an open breaker lets a trial request through.",
     "retries": "Retries on connection errors, only before the first byte reached the client.",
     "drain_timeout_s": "On SIGTERM/Ctrl-C: seconds in-flight requests get to finish.",
-    "api_keys_file": "TOML file with [[api_keys]] tables (kept out of this file).",
+    "api_keys_file": "File of `name:key[:max_concurrency[:priority]]` lines: keys kept out of this file.",
     "log_format": "json (one object a line) or text.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
     "engine_python": "Python interpreter that has vLLM, for supervised engines; unset: this one.",
@@ -96,7 +96,7 @@ def example_config() -> str:
         if value is None:
             hint = {
                 "cache_dir": '"/var/cache/vllama/models"',
-                "api_keys_file": '"/etc/vllama/keys.toml"',
+                "api_keys_file": '"/etc/vllama/keys"',
                 "engine_python": '"/opt/vllm/bin/python"',
                 "rate_limit_per_minute": "600",
                 "read_timeout_s": "600.0",

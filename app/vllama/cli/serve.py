@@ -129,6 +129,13 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
             USAGE,
         )
     _check_port_free(settings.host, settings.port)
+    if settings.workers > 1:
+        # The supervisor and the restart counter live in this one process.
+        print(
+            f"vllama serve: workers = {settings.workers} is not supported here; running one "
+            "worker (run several `vllama serve --engine` behind the proxy to scale out)",
+            file=sys.stderr,
+        )
     cpu = is_cpu_build()
     specs: list[EngineSpec] = [
         engine_spec(launch, settings, launch.port or free_port(), cpu_build=cpu, demo=demo)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any
 
 from vllama.translate.types import Timings
 
 
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def rfc3339(unix: float) -> str:
-    """created_at as Ollama writes it: UTC, fractional seconds, `Z`."""
-    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """created_at as Ollama writes it: UTC, microseconds, `Z` (one strftime per second:
+    every streamed chunk carries one)."""
+    second = math.floor(unix)
+    micros = min(int((unix - second) * 1_000_000), 999_999)
+    return f"{_utc_second(second)}.{micros:06d}Z"
 
 
 def rfc3339_offset(unix: float) -> str:

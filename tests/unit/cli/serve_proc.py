@@ -82,9 +82,13 @@ def run_serve(
         deadline = time.monotonic() + ready_timeout
         while not http_ok(f"{serve.url}/health"):
             if proc.poll() is not None:
-                raise RuntimeError(f"vllama serve exited with {proc.returncode}:\n{serve.text()[-3000:]}")
+                raise RuntimeError(
+                    f"vllama serve exited with {proc.returncode}:\n{serve.text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"vllama serve not up after {ready_timeout:.0f}s:\n{serve.text()[-3000:]}")
+                raise TimeoutError(
+                    f"vllama serve not up after {ready_timeout:.0f}s:\n{serve.text()[-3000:]}"
+                )
             time.sleep(0.2)
         yield serve
     finally:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from vllama.cli.doctor import EngineFact, Facts, Gpu, evaluate
+from vllama.cli.doctor import Check, EngineFact, Facts, Gpu, evaluate
 from vllama.cli.main import main
 
 GB = 10**9
 
 
-def _status(checks: list, name: str) -> str:  # type: ignore[type-arg]
+def _status(checks: list[Check], name: str) -> str:
     return next(c.status for c in checks if c.name == name)
 
 

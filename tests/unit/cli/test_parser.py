@@ -3,13 +3,16 @@ options become settings flags, and usage errors exit 2 with a reason."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
 from vllama.cli.main import build_parser, main
 from vllama.cli.serve import engine_args, prepare
 
 
-def _serve(argv: list[str], extra: list[str] | None = None):  # type: ignore[no-untyped-def]
+def _serve(argv: list[str], extra: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(["serve", *argv])
     args.engine_extra = extra or []
     prepare(args)
@@ -92,8 +95,8 @@ def test_double_dash_only_for_serve(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_serve_with_nothing_to_serve_says_what_to_give(
-    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert main(["serve"]) == 2
@@ -109,8 +112,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_ps_without_a_running_facade_exits_4(
-    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.engines import free_port
 
     monkeypatch.chdir(tmp_path)

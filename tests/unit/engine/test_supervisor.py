@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def spec(port: int, **env: str) -> EngineSpec:
     )
 
 
-def wait_for(cond, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -68,7 +69,11 @@ def test_restart_after_crash_with_backoff_then_stop(tmp_path: Path) -> None:
         for n in (1, 2):
             crashed = time.monotonic()
             os.killpg(sup.pgids()[0], signal.SIGKILL)
-            wait_for(lambda n=n: sup.restarts()[url] == n and sup.ready_count() == 1)
+
+            def back(n: int = n) -> bool:
+                return sup.restarts()[url] == n and sup.ready_count() == 1
+
+            wait_for(back)
             waited = time.monotonic() - crashed
             assert waited >= 0.3 * 2 ** (n - 1)  # backoff doubles: 0.3 s, then 0.6 s
         assert restarted == [url, url]

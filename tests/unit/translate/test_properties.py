@@ -25,7 +25,7 @@ json_values = st.recursive(
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
-    max_leaves=20,
+    max_leaves=12,
 )
 keys = st.sampled_from(
     [
@@ -59,7 +59,7 @@ keys = st.sampled_from(
 ollama_like = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=6),
-    max_leaves=25,
+    max_leaves=15,
 )
 options_like = st.dictionaries(
     st.sampled_from(["num_predict", "temperature", "top_k", "stop", "seed", "use_mmap", "x"]),
@@ -88,7 +88,7 @@ def test_request_translators_raise_only_translation_error(body: Any, model: Mode
     _only_translation_errors(embeddings_request, body)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     model=traits,
     messages=st.lists(st.dictionaries(keys, json_values, max_size=5), max_size=4),
@@ -135,7 +135,7 @@ events = st.recursive(
             max_size=5,
         )
     ),
-    max_leaves=30,
+    max_leaves=15,
 )
 
 

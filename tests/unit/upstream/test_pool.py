@@ -32,7 +32,7 @@ class FakeEngine:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/health", lambda _: web.Response())
+        app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         self.runner = web.AppRunner(app)
@@ -44,6 +44,9 @@ class FakeEngine:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response()
 
     async def models(self, _: web.Request) -> web.Response:
         card = {
@@ -101,7 +104,8 @@ async def make_pool() -> AsyncIterator[Factory]:
         urls = [
             {"url": f"http://127.0.0.1:{free_port()}", "models": models[:1]} for _ in range(dead)
         ]
-        pool = EnginePool(Settings(engines=urls + [{"url": f.url} for f in fakes], **settings))
+        configs = [*urls, *({"url": f.url} for f in fakes)]
+        pool = EnginePool(Settings.model_validate({"engines": configs, **settings}))
         await pool.start()
         pools.append(pool)
         return pool, fakes

@@ -18,7 +18,9 @@ USAGE = {
 
 
 def sse_stream(n_chunks: int, usage: dict[str, object] | None) -> bytes:
-    events = [{"choices": [{"delta": {"content": "x"}}], "usage": None} for _ in range(n_chunks)]
+    events: list[dict[str, object]] = [
+        {"choices": [{"delta": {"content": "x"}}], "usage": None} for _ in range(n_chunks)
+    ]
     if usage is not None:
         events.append({"choices": [], "usage": usage})
     return (

@@ -1,0 +1,306 @@
+"""The compose stack for real: the `cpu` + `monitoring` profiles built from local bases and
+the host's wheelhouse, started with `docker compose up --wait`, used through the proxy on
+127.0.0.1, scraped by Prometheus, an engine crash survived, then torn down to nothing.
+
+Grafana is the one service not started: it has no Debian package, so no local stand-in
+exists and nothing may be pulled here. Its service definition is still checked by
+`docker compose config` (test_static.py) and its dashboards by tests/ops against a real
+Prometheus.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import secrets
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from docker.models.containers import Container
+
+from tests.containers.build import REPO, Images
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+SERVICES = ["vllm-cpu", "vllm-embed", "vllama", "proxy", "prometheus", "alertmanager",
+            "node-exporter"]  # fmt: skip
+ENGINE_SERVICES = ("vllm-cpu", "vllm-embed")
+UP_TIMEOUT_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
+    """Poll `check()` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, OSError, docker.errors.APIError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+@dataclass
+class Stack:
+    project: str
+    env_file: Path
+    https: str  # https://localhost:PORT (the proxy)
+    prometheus: str
+    ca: Path
+    client: docker.DockerClient
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        cmd = ["docker", "compose", "-p", self.project, "--env-file", str(self.env_file),
+               "-f", str(REPO / "compose" / "compose.yaml"),
+               "--profile", "cpu", "--profile", "monitoring", *args]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def containers(self) -> list[Container]:
+        label = f"com.docker.compose.project={self.project}"
+        return list(self.client.containers.list(all=True, filters={"label": label}))
+
+    def container(self, service: str) -> Container:
+        for c in self.containers():
+            if c.labels.get("com.docker.compose.service") == service:
+                c.reload()
+                return c
+        raise AssertionError(f"no container for service {service}")
+
+    def http(self, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.https, verify=str(self.ca), timeout=timeout)
+
+
+def caddy_root_ca(container: Container, dest: Path) -> Path:
+    """Caddy's internal CA certificate, out of the proxy's data volume."""
+    stream, _ = container.get_archive("/data/caddy/pki/authorities/local/root.crt")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile("root.crt")
+        assert member is not None
+        dest.write_bytes(member.read())
+    return dest
+
+
+@pytest.fixture(scope="module")
+def stack(
+    images: Images, docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    project = f"vllama-smoke-{os.getpid()}"
+    ports = {k: free_port() for k in ("https", "http", "prometheus", "alertmanager", "grafana")}
+    env = {
+        **images.env(),
+        "COMPOSE_PROJECT_NAME": project,
+        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+        "VLLAMA_ENGINES": "http://engine:8000,http://vllm-embed:8000",
+        "VLLAMA_BIND": "127.0.0.1",
+        "VLLAMA_HTTPS_PORT": str(ports["https"]),
+        "VLLAMA_HTTP_PORT": str(ports["http"]),
+        "PROMETHEUS_PORT": str(ports["prometheus"]),
+        "ALERTMANAGER_PORT": str(ports["alertmanager"]),
+        "GRAFANA_PORT": str(ports["grafana"]),
+        # A subnet of its own per run, so a leftover stack never collides with this one.
+        "VLLAMA_MONITORING_SUBNET": f"172.30.{os.getpid() % 200 + 20}.0/24",
+        "VLLAMA_CPU_ENGINE_START_PERIOD": "600s",
+    }
+    env_file = tmp / "stack.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    s = Stack(project, env_file, f"https://localhost:{ports['https']}",
+              f"http://127.0.0.1:{ports['prometheus']}", tmp / "caddy-root.crt", docker_client)  # fmt: skip
+    try:
+        start = time.monotonic()
+        up = s.compose("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), *SERVICES,
+                       timeout=UP_TIMEOUT_S + 60)  # fmt: skip
+        print(f"\ncompose up --wait: {time.monotonic() - start:.0f}s")
+        if up.returncode != 0:
+            logs = s.compose("logs", "--tail", "30").stdout
+            raise AssertionError(f"compose up failed:\n{up.stderr[-3000:]}\n{logs[-6000:]}")
+        caddy_root_ca(s.container("proxy"), s.ca)
+        yield s
+    finally:
+        if os.environ.get("VLLAMA_KEEP_STACK") != "1":
+            s.compose("down", "--volumes", "--remove-orphans", "--timeout", "20")
+
+
+# --- step 4: serving through the proxy ----------------------------------------------------
+
+
+def test_ollama_chat_streams_ndjson_through_the_proxy(stack: Stack) -> None:
+    body = {"model": "vllama-demo", "messages": [{"role": "user", "content": "hello"}],
+            "options": {"num_predict": 24, "temperature": 0}}  # fmt: skip
+    with stack.http() as c, c.stream("POST", "/api/chat", json=body) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        assert r.headers.get("strict-transport-security"), "the proxy's headers are missing"
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert len(lines) >= 3, lines
+    assert all(not x["done"] for x in lines[:-1]) and lines[-1]["done"] is True
+    assert lines[-1]["eval_count"] >= 1
+    assert "".join(x["message"]["content"] for x in lines[:-1])
+
+
+def test_openai_chat_and_tags_through_the_proxy(stack: Stack) -> None:
+    with stack.http() as c:
+        r = c.post("/v1/chat/completions", json={"model": "vllama-demo", "max_tokens": 8,
+                                                 "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
+        tags = c.get("/api/tags")
+        assert tags.status_code == 200, tags.text
+        names = {m["name"] for m in tags.json()["models"]}
+        assert {"vllama-demo", "all-minilm"} <= {n.split(":")[0] for n in names}, names
+
+
+def test_openai_embeddings_through_the_proxy_are_semantic(stack: Stack) -> None:
+    texts = ["a cat sits on the mat", "a kitten rests on a rug", "quarterly tax filing deadline"]
+    with stack.http() as c:
+        r = c.post("/v1/embeddings", json={"model": "all-minilm", "input": texts})
+    assert r.status_code == 200, r.text
+    vecs = [d["embedding"] for d in r.json()["data"]]
+    assert [len(v) for v in vecs] == [384, 384, 384]
+
+    def cos(a: list[float], b: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(a, b, strict=True))
+        return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2]) + 0.3
+
+
+def test_prometheus_scrapes_facade_engine_node_and_proxy(stack: Stack) -> None:
+    def ups() -> dict[str, float] | None:
+        r = httpx.get(f"{stack.prometheus}/api/v1/query", params={"query": "up"}, timeout=10)
+        result = r.json()["data"]["result"]
+        by_job: dict[str, float] = {}
+        for s in result:
+            job = s["metric"]["job"]
+            by_job[job] = min(by_job.get(job, 1.0), float(s["value"][1]))
+        wanted = ("vllama", "vllm", "node", "proxy")
+        return by_job if all(by_job.get(j) == 1.0 for j in wanted) else None
+
+    wait_for("Prometheus up == 1 for vllama, vllm, node and proxy", ups, timeout=120, interval=3)
+
+
+def test_every_container_is_healthy_and_not_root(stack: Stack) -> None:
+    containers = stack.containers()
+    assert {c.labels["com.docker.compose.service"] for c in containers} == set(SERVICES)
+    for c in containers:
+        c.reload()
+        name = c.labels["com.docker.compose.service"]
+        assert c.attrs["State"]["Health"]["Status"] == "healthy", name
+        user = c.attrs["Config"]["User"]
+        assert user and user.split(":")[0] not in ("0", "root"), (name, user)
+        # What the processes really run as, not just what the config says.
+        top = c.top(ps_args="-o pid,uid,comm")
+        col = top["Titles"].index("UID")
+        uids = {p[col] for p in top["Processes"]}
+        assert uids and "0" not in uids, (name, uids)
+
+
+def test_engines_are_never_published_nor_reachable_from_outside_the_backend(stack: Stack) -> None:
+    for service in ENGINE_SERVICES:
+        c = stack.container(service)
+        ports = c.attrs["NetworkSettings"]["Ports"] or {}
+        assert all(not bindings for bindings in ports.values()), (service, ports)
+        networks = c.attrs["NetworkSettings"]["Networks"]
+        assert list(networks) == [f"{stack.project}_backend"], networks
+        net = stack.client.networks.get(f"{stack.project}_backend")
+        assert net.attrs["Internal"] is True
+    for c in stack.containers():
+        for bindings in (c.attrs["NetworkSettings"]["Ports"] or {}).values():
+            assert all(b["HostIp"] == "127.0.0.1" for b in bindings or []), c.name
+    # The proxy sits on the public side: it can reach the façade, never an engine.
+    proxy = stack.container("proxy")
+    probe = ["wget", "-q", "-T", "3", "-O", "/dev/null"]
+    assert proxy.exec_run([*probe, "http://vllama:11434/health"]).exit_code == 0
+    assert proxy.exec_run([*probe, "http://engine:8000/health"]).exit_code != 0
+    assert proxy.exec_run([*probe, "http://vllm-cpu:8000/health"]).exit_code != 0
+
+
+# --- step 5: the engine dies during a stream ----------------------------------------------
+
+
+def _kill_engine_server(engine: Container) -> None:
+    """SIGKILL vLLM's API server inside the container, as a crash would: tini exits with it,
+    the container stops on its own (not by `docker stop`), and the restart policy applies."""
+    script = (
+        "import os, signal\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    if pid.isdigit():\n"
+        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+        "        if b'vllm.entrypoints.openai.api_server' in cmd:\n"
+        "            os.kill(int(pid), signal.SIGKILL)\n"
+    )
+    engine.exec_run(["python3", "-c", script])
+
+
+def test_engine_crash_mid_stream_then_compose_restarts_it(stack: Stack) -> None:
+    engine = stack.container("vllm-cpu")
+    restarts_before = engine.attrs["RestartCount"]
+    body = {"model": "vllama-demo", "messages": [{"role": "user", "content": "tell me a story"}],
+            "options": {"num_predict": 480, "temperature": 1.0}}  # fmt: skip
+    last: dict[str, Any] = {}
+    for _attempt in range(3):  # a tiny model may finish before the kill lands: try again
+        with stack.http(timeout=120) as c, c.stream("POST", "/api/chat", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            first = json.loads(next(line for line in lines if line))
+            assert first["done"] is False
+            _kill_engine_server(engine)
+            rest = [json.loads(line) for line in lines if line]
+        last = rest[-1] if rest else first
+        if "error" in last:
+            break
+    assert "error" in last and not last.get("done"), f"no error line after the crash: {last}"
+
+    with stack.http(timeout=10) as c:
+        wait_for("readiness 503 after the crash",
+                 lambda: c.get("/health/ready").status_code == 503, timeout=60, interval=0.5)  # fmt: skip
+
+    def restarted_and_healthy() -> bool:
+        engine.reload()
+        return bool(
+            engine.attrs["RestartCount"] > restarts_before
+            and engine.attrs["State"].get("Health", {}).get("Status") == "healthy"
+        )
+
+    wait_for("compose restarting the engine", restarted_and_healthy, timeout=600, interval=2)
+    with stack.http() as c:
+        wait_for("readiness 200 again",
+                 lambda: c.get("/health/ready").status_code == 200, timeout=120)  # fmt: skip
+        r = c.post("/api/chat", json={**body, "stream": False, "options": {"num_predict": 8}})
+        assert r.status_code == 200, r.text
+        assert r.json()["done"] is True
+
+
+# --- step 6: tear down to nothing ---------------------------------------------------------
+
+
+def test_teardown_leaves_nothing(stack: Stack) -> None:
+    if os.environ.get("VLLAMA_KEEP_STACK") == "1":
+        pytest.skip("VLLAMA_KEEP_STACK=1: the stack is kept for inspection")
+    down = stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "20")
+    assert down.returncode == 0, down.stderr
+    label = {"label": f"com.docker.compose.project={stack.project}"}
+    assert stack.client.containers.list(all=True, filters=label) == []
+    assert stack.client.networks.list(filters=label) == []
+    assert stack.client.volumes.list(filters=label) == []

@@ -1,0 +1,181 @@
+"""A real systemd host for the Ansible tests: a container running systemd as PID 1 with
+sshd, built from images/systemd-host on the local Debian base (there is no registry).
+
+`systemd_host(workdir, mounts)` starts one with a fresh SSH key and ports published on
+127.0.0.1, and removes it afterwards. `run_playbook` runs ansible-playbook from .venv-ops
+and parses the play recap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.ops.conftest import REPO, run
+
+IMAGE_DIR = REPO / "images" / "systemd-host"
+ANSIBLE_DIR = REPO / "ops" / "ansible"
+OPS_VENV = REPO / ".venv-ops"
+# Ports the tests reach on the host: SSH, the proxy's HTTPS site, Prometheus.
+PORTS = (22, 443, 9090)
+
+
+def _checked(cmd: list[str], what: str, timeout: float) -> str:
+    res = run(cmd, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"{what} failed (rc {res.returncode}):\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
+        )
+    return res.stdout.strip()
+
+
+def ops_venv() -> Path:
+    """.venv-ops (ansible-core, collections, ansible-lint), created when missing."""
+    _checked([str(REPO / "scripts/setup-ops-venv.sh")], "scripts/setup-ops-venv.sh", 900)
+    return OPS_VENV / "bin"
+
+
+def host_image() -> str:
+    """The test host image, built once per Dockerfile and base image."""
+    _checked([str(REPO / "scripts/ensure-docker.sh")], "scripts/ensure-docker.sh", 600)
+    base = _checked(
+        [str(REPO / "ops/local-base-image.sh")], "ops/local-base-image.sh", 900
+    ).splitlines()[-1]
+    digest = hashlib.sha256((IMAGE_DIR / "Dockerfile").read_bytes() + base.encode()).hexdigest()[
+        :12
+    ]
+    tag = f"vllama-test/systemd-host:{digest}"
+    if run(["docker", "image", "inspect", tag]).returncode != 0:
+        _checked(
+            [
+                "docker",
+                "build",
+                "-q",
+                "--build-arg",
+                f"BASE_IMAGE={base}",
+                "-t",
+                tag,
+                str(IMAGE_DIR),
+            ],
+            "building images/systemd-host",
+            900,
+        )
+    return tag
+
+
+@dataclass
+class Host:
+    name: str
+    ports: dict[int, int]  # container port -> 127.0.0.1 port
+    key: Path
+
+    def sh(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a shell script inside the host, as root."""
+        return run(["docker", "exec", self.name, "sh", "-c", script], timeout=timeout)
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.sh(f"systemctl show -p {prop} --value {unit}").stdout.strip()
+
+
+@contextlib.contextmanager
+def systemd_host(workdir: Path, mounts: dict[Path, str]) -> Iterator[Host]:
+    image = host_image()
+    key = workdir / "id_ed25519"
+    key.unlink(missing_ok=True)
+    _checked(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], "ssh-keygen", 30)
+    name = f"vllama-test-host-{uuid.uuid4().hex[:8]}"
+    cmd = ["docker", "run", "-d", "--name", name, "--hostname", "testhost"]
+    # systemd as PID 1 without --privileged (which fails here): ../shared/MACHINE-NOTES.md.
+    cmd += ["--cap-add", "SYS_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
+    cmd += ["--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp"]
+    cmd += ["-v", f"{key}.pub:/root/.ssh/authorized_keys:ro"]
+    for src, dest in mounts.items():
+        cmd += ["-v", f"{src}:{dest}:ro"]
+    for port in PORTS:
+        cmd += ["-p", f"127.0.0.1::{port}"]
+    _checked([*cmd, image], "docker run (systemd host)", 120)
+    try:
+        ports = {}
+        for port in PORTS:
+            out = _checked(["docker", "port", name, str(port)], "docker port", 30)
+            ports[port] = int(out.splitlines()[0].rsplit(":", 1)[1])
+        host = Host(name, ports, key)
+        deadline = time.monotonic() + 120
+        while host.sh("systemctl is-active ssh.service").stdout.strip() != "active":
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"sshd in {name} not active after 120s: {host.sh('systemctl --failed').stdout}"
+                )
+            time.sleep(0.5)
+        yield host
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
+
+
+def write_inventory(host: Host, path: Path, host_vars: dict[str, object]) -> Path:
+    """One host in every group, reached over SSH on its published port."""
+    import yaml
+
+    hostvars = {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": host.ports[22],
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(host.key),
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        **host_vars,
+    }
+    groups = {g: {"hosts": {"testhost": None}} for g in ("gpu_hosts", "gateway", "monitoring")}
+    path.write_text(yaml.safe_dump({"all": {"hosts": {"testhost": hostvars}, "children": groups}}))
+    return path
+
+
+@dataclass
+class PlaybookRun:
+    rc: int
+    output: str
+    ok: int
+    changed: int
+    failed: int
+    seconds: float
+
+    def changed_tasks(self) -> list[str]:
+        """Names of the tasks that reported a change (for a readable failure)."""
+        names, current = [], ""
+        for line in self.output.splitlines():
+            if line.startswith("TASK ["):
+                current = line
+            elif line.startswith("changed:"):
+                names.append(current)
+        return names
+
+
+def run_playbook(bin_dir: Path, inventory: Path, *args: str, timeout: float = 1500) -> PlaybookRun:
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    started = time.monotonic()
+    res = subprocess.run(
+        [str(bin_dir / "ansible-playbook"), "-i", str(inventory), "deploy.yml", *args],
+        cwd=ANSIBLE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = res.stdout + res.stderr
+    recap = re.search(
+        r"testhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", output
+    )
+    ok, changed, failed = (int(g) for g in recap.groups()) if recap else (0, -1, -1)
+    return PlaybookRun(res.returncode, output, ok, changed, failed, time.monotonic() - started)

@@ -1,0 +1,206 @@
+"""The units in systemd/: `systemd-analyze verify` is clean, the hardening scores stay under
+the budgets of issue 7, and the sysusers/tmpfiles snippets create a user-owned cache.
+
+Everything runs against a throw-away root (`--root=`) holding the units, stub executables
+at the paths the units name, and this machine's own system units; nothing touches the host.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ops.conftest import REPO, binary, run
+
+SYSTEMD = REPO / "systemd"
+UNITS = ["vllama.target", "vllama.service", "vllama-engine@.service"]
+ENGINE = "vllama-engine@demo.service"  # an instance: templates are verified as instances
+# Exposure budgets (systemd-analyze security, 0 = locked down, 10 = exposed); issue 7.
+BUDGETS = {"vllama.service": 2.0, ENGINE: 4.5}
+SYSTEM_UNITS = next(
+    p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _make_root(root: Path, *, with_binaries: bool = True) -> Path:
+    """A root with the units installed as Ansible installs them, and stub executables."""
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for name in UNITS:
+        shutil.copy(SYSTEMD / name, units / name)
+    # The targets and services the units order against (sysinit.target, ...).
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/vllama/engines").mkdir(parents=True)
+    (root / "etc/vllama/engines/demo.env").write_text("VLLAMA_ENGINE_MODEL=/m\n")
+    if with_binaries:
+        for exe in ("opt/vllama/venv/bin/python", "opt/vllama/venv/bin/vllama"):
+            path = root / exe
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("#!/bin/sh\n")
+            path.chmod(0o755)
+    return units
+
+
+@pytest.fixture(scope="module")
+def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("unit-root")
+    _make_root(root)
+    return root
+
+
+def _verify(root: Path) -> tuple[int, str]:
+    # Relative names resolve in the unit search path under --root (and in the cwd).
+    res = run(
+        [
+            binary("systemd-analyze"),
+            "verify",
+            f"--root={root}",
+            "vllama.target",
+            "vllama.service",
+            ENGINE,
+        ],
+        timeout=120,
+    )
+    return res.returncode, (res.stdout + res.stderr).strip()
+
+
+def test_units_verify_clean(unit_root: Path) -> None:
+    rc, out = _verify(unit_root)
+    assert rc == 0 and out == "", f"systemd-analyze verify complained:\n{out}"
+
+
+def test_verify_catches_a_missing_executable(tmp_path: Path) -> None:
+    """The check above means something: without the venv, verify fails on ExecStart=."""
+    _make_root(tmp_path, with_binaries=False)
+    rc, out = _verify(tmp_path)
+    assert rc != 0
+    assert "/opt/vllama/venv/bin/vllama" in out and "not executable" in out
+
+
+def _exposure(root: Path, unit: str) -> tuple[float, str]:
+    res = run(
+        [
+            binary("systemd-analyze"),
+            "security",
+            "--offline=true",
+            f"--root={root}",
+            "--no-pager",
+            unit,
+        ],
+        timeout=120,
+    )
+    match = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+)", res.stdout)
+    assert match, f"no exposure figure for {unit}:\n{res.stdout[-1500:]}{res.stderr[-1500:]}"
+    return float(match.group(1)), res.stdout
+
+
+@pytest.mark.parametrize("unit", sorted(BUDGETS))
+def test_exposure_within_budget(unit_root: Path, unit: str) -> None:
+    level, report = _exposure(unit_root, unit)
+    print(f"{unit}: exposure {level}")  # the figure docs/install-bare-metal.md quotes
+    assert level <= BUDGETS[unit], f"{unit} exposure {level} > {BUDGETS[unit]}:\n{report}"
+    # The properties the score stands on, by name (a rename would silently drop them).
+    for passed in (
+        "NoNewPrivileges=",
+        "PrivateTmp=",
+        "CapabilityBoundingSet=~CAP_SYS_ADMIN",
+        "SystemCallFilter=~@privileged",
+        "ProtectSystem=",
+    ):
+        line = next((ln for ln in report.splitlines() if passed in ln), "")
+        assert line.lstrip().startswith("✓"), f"{unit}: {passed} not enforced: {line!r}"
+
+
+def _settings(unit: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (SYSTEMD / unit).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[", " ")):
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_engine_sees_the_gpus_and_nothing_else() -> None:
+    engine = _settings("vllama-engine@.service")
+    assert engine["DevicePolicy"] == ["closed"]
+    assert "char-nvidia* rw" in engine["DeviceAllow"]
+    assert "/dev/nvidia-uvm rw" in engine["DeviceAllow"]
+    assert "PrivateDevices" not in engine, "PrivateDevices= hides /dev/nvidia*"
+    assert engine["ProtectSystem"] == ["strict"]
+    assert engine["CapabilityBoundingSet"] == [""]
+    assert engine["EnvironmentFile"] == ["/etc/vllama/engines/%i.env"]
+    assert int(engine["TimeoutStartSec"][0]) >= 900, "model loads take many minutes"
+    assert engine["Restart"] == ["on-failure"] and engine["StartLimitBurst"]
+
+
+def test_one_restart_of_the_target_covers_every_unit() -> None:
+    for unit in ("vllama.service", "vllama-engine@.service"):
+        settings = _settings(unit)
+        assert settings["PartOf"] == ["vllama.target"], unit
+        assert settings["WantedBy"] == ["vllama.target"], unit
+    assert _settings("vllama.target")["WantedBy"] == ["multi-user.target"]
+
+
+def test_sysusers_and_tmpfiles_make_a_user_owned_cache(tmp_path: Path) -> None:
+    conf_sysusers = SYSTEMD / "vllama.sysusers.conf"
+    conf_tmpfiles = SYSTEMD / "vllama.tmpfiles.conf"
+    (tmp_path / "etc").mkdir()
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        (tmp_path / "etc" / name).write_text(
+            "root:x:0:0:root:/root:/bin/sh\n"
+            if name == "passwd"
+            else "root:x:0:\n"
+            if name == "group"
+            else ""
+        )
+    res = run([binary("systemd-sysusers"), f"--root={tmp_path}", str(conf_sysusers)])
+    assert res.returncode == 0, res.stderr
+    entry = next(
+        ln for ln in (tmp_path / "etc/passwd").read_text().splitlines() if ln.startswith("vllama:")
+    )
+    uid = int(entry.split(":")[2])
+    assert uid < 1000 and entry.endswith(":/var/lib/vllama:/usr/sbin/nologin"), entry
+    res = run([binary("systemd-tmpfiles"), f"--root={tmp_path}", "--create", str(conf_tmpfiles)])
+    assert res.returncode == 0, res.stderr
+    for path, mode in (
+        ("var/cache/vllama/huggingface", 0o750),
+        ("var/log/vllama", 0o750),
+        ("var/lib/vllama", 0o750),
+    ):
+        st = (tmp_path / path).stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (uid, mode), path
+
+
+@pytest.fixture
+def health_server() -> Iterator[str]:
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_wait_ready_passes_on_200_and_fails_after_its_deadline(health_server: str) -> None:
+    script = str(SYSTEMD / "wait-ready")
+    assert run(["python3", script, f"{health_server}/health", "10"], timeout=30).returncode == 0
+    res = run(["python3", script, f"{health_server}/not-ready", "2"], timeout=30)
+    assert res.returncode == 1 and "not ready after 2s (HTTP Error 503" in res.stderr
