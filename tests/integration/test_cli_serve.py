@@ -149,3 +149,37 @@ def test_rm_removes_an_unserved_model(chat_engine: Engine, tmp_path: Path) -> No
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["freed_bytes"] >= 5000
     assert not demo.exists()
+
+
+def test_api_pull_and_delete_go_through_the_model_store(
+    chat_engine: Engine, tmp_path: Path
+) -> None:
+    """ollama.pull / ollama.delete against `vllama serve`, with a STAND-IN hub (the real one
+    is unreachable here): progress in Ollama's shape, then the files are in the cache."""
+    from tests.unit.cli.hub_standin import GATED, REPO, standin_hub
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (src / "model.safetensors").write_bytes(b"\x01" * 150_000)
+    cache = tmp_path / "cache"
+    with standin_hub(src) as (hub_url, _):
+        env = {"HF_ENDPOINT": hub_url, "VLLAMA_CACHE_DIR": str(cache)}
+        with run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve:
+            client = ollama.Client(host=serve.url)
+            events = list(client.pull(REPO, stream=True))
+            assert events[0].status == "pulling manifest" and events[-1].status == "success"
+            files = {e.status: e for e in events if e.digest}
+            assert files["pulling model.safetensors"].completed == 150_000
+            assert files["pulling model.safetensors"].total == 150_000
+            assert any(cache.glob("models--*/snapshots/*/model.safetensors"))
+
+            with pytest.raises(ollama.ResponseError) as err:
+                list(client.pull(GATED, stream=True))
+            assert "gated" in str(err.value) and "HF_TOKEN" in str(err.value)
+
+            client.delete(REPO)
+            assert not any(cache.glob("models--*/snapshots/*/model.safetensors"))
+            with pytest.raises(ollama.ResponseError) as err:
+                client.delete(REPO)
+            assert err.value.status_code == 404

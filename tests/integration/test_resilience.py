@@ -120,12 +120,17 @@ def own_chat_engine() -> Iterator[Engine]:
         engine.stop()
 
 
-def running(engine: Engine) -> float:
+def engine_gauges(engine: Engine) -> dict[str, float]:
+    """vllm:num_requests_running and the finished-request counters, by reason."""
     text = httpx.get(f"{engine.url}/metrics", timeout=10).text
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
-    )
+    out = {"running": 0.0}
+    for m in re.finditer(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M):
+        out["running"] += float(m.group(1))
+    for m in re.finditer(
+        r'^vllm:request_success_total\{[^}]*finished_reason="(\w+)"[^}]*\} (\S+)$', text, re.M
+    ):
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
 
 
 # The first test's timeout includes starting the module's engine (minutes on a busy box).
@@ -133,34 +138,57 @@ def running(engine: Engine) -> float:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("api", ["openai", "ollama"])
 def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine, api: str) -> None:
+    # Long generations that would take seconds to finish; the hang-up comes after three
+    # lines. ignore_eos on /v1; on /api greedy decoding, which for this prompt never
+    # stops before num_predict (the demo model's weights are fixed).
     if api == "openai":
         path = "/v1/chat/completions"
         body: dict[str, Any] = {
             "model": CHAT,
             "messages": MESSAGES,
-            "max_tokens": 400,
+            "max_tokens": 480,
+            "ignore_eos": True,
+            "n": 4,
             "stream": True,
         }
     else:
         path = "/api/chat"
-        body = {"model": CHAT, "messages": MESSAGES, "options": {"num_predict": 400}}
+        body = {
+            "model": CHAT,
+            "messages": MESSAGES,
+            "options": {"num_predict": 480, "temperature": 0},
+        }
     with run_facade(engines=[{"url": own_chat_engine.url}]) as url:
-        assert running(own_chat_engine) == 0
+        before = engine_gauges(own_chat_engine)
+        assert before["running"] == 0
         with httpx.stream("POST", f"{url}{path}", json=body, timeout=60) as r:
             assert r.status_code == 200
             lines = r.iter_lines()
             for _ in range(3):
                 next(lines)
-            assert running(own_chat_engine) == 1
-        # The client is gone after a few tokens of 400.
-        took = wait_for("engine request aborted", lambda: running(own_chat_engine) == 0, 5)
+        # The client is gone: the engine's running count drops back quickly...
+        took = wait_for(
+            "engine request gone", lambda: engine_gauges(own_chat_engine)["running"] == 0, 5
+        )
         assert took < 2.5
+        # ...because it was aborted, not because it ran to its end (that counts "length").
+        after = engine_gauges(own_chat_engine)
+        assert after.get("length", 0) == before.get("length", 0)
+        assert after.get("stop", 0) == before.get("stop", 0)
 
 
 @pytest.mark.slow
 def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
     """Runs last in this module: it kills the module's engine."""
-    body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+    # n=4, ignore_eos: each stream has seconds of work left when the engine dies.
+    body = {
+        "model": CHAT,
+        "messages": MESSAGES,
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "n": 4,
+        "stream": True,
+    }
     with run_facade(engines=[{"url": own_chat_engine.url}], health_interval_s=0.5) as url:
         started = concurrent.futures.ThreadPoolExecutor(16)
         first_chunk = [False] * 16
@@ -184,4 +212,5 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
             last = f.result(timeout=30)  # no hang
             assert last.startswith("data: {") and "error" in json.loads(last[6:]), last
         assert took <= 2
+        assert own_chat_engine.proc is not None and own_chat_engine.proc.poll() is not None
         started.shutdown()

@@ -96,6 +96,8 @@ def systemd_host(workdir: Path, mounts: dict[Path, str]) -> Iterator[Host]:
     # systemd as PID 1 without --privileged (which fails here): ../shared/MACHINE-NOTES.md.
     cmd += ["--cap-add", "SYS_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
     cmd += ["--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp"]
+    # vLLM's shared-memory broadcast needs more than Docker's default 64 MiB /dev/shm.
+    cmd += ["--shm-size", "1g"]
     cmd += ["-v", f"{key}.pub:/root/.ssh/authorized_keys:ro"]
     for src, dest in mounts.items():
         cmd += ["-v", f"{src}:{dest}:ro"]

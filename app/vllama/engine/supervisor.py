@@ -128,7 +128,8 @@ class Supervisor:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
-        log_dir.mkdir(parents=True, exist_ok=True)
+        if specs:
+            log_dir.mkdir(parents=True, exist_ok=True)
         self._children = [self._make_child(spec, log_dir) for spec in specs]
 
     @staticmethod
