@@ -12,7 +12,8 @@ import pytest
 from tests.engines import Engine, free_port
 from tests.facade import run_facade
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(120)]
+# func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(120, func_only=True)]
 
 CHAT = "vllama-demo"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -108,7 +109,7 @@ def test_docs_routes_are_off(http: httpx.Client) -> None:
         assert http.get(path).status_code == 404
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, func_only=True)
 def test_dead_engine_is_a_fast_503_in_each_shape() -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     # Listed models let the façade route to the dead engine (not just "unknown model").

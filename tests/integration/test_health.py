@@ -7,7 +7,8 @@ import pytest
 
 from tests.engines import Engine
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(60)]
+# func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(60, func_only=True)]
 
 
 def test_liveness(facade_url: str) -> None:

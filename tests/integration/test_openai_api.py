@@ -13,7 +13,8 @@ import pytest
 
 from tests.engines import Engine
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(120)]
+# func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(120, func_only=True)]
 
 CHAT = "vllama-demo"
 EMBED = "all-minilm"

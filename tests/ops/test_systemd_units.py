@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import re
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,12 @@ def test_wait_ready_passes_on_200_and_fails_after_its_deadline(health_server: st
     assert run(["python3", script, f"{health_server}/health", "10"], timeout=30).returncode == 0
     res = run(["python3", script, f"{health_server}/not-ready", "2"], timeout=30)
     assert res.returncode == 1 and "not ready after 2s (HTTP Error 503" in res.stderr
+
+
+def test_wait_ready_fails_at_once_when_the_server_has_exited(health_server: str) -> None:
+    """A failed model load must fail `systemctl start` now, not after TimeoutStartSec."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    script = str(SYSTEMD / "wait-ready")
+    res = run(["python3", script, f"{health_server}/not-ready", "60", str(dead.pid)], timeout=30)
+    assert res.returncode == 1 and f"pid {dead.pid}) exited" in res.stderr

@@ -42,10 +42,13 @@ async def ready(request: Request) -> Response:
             }
         )
     models = {m.id: bool(usable.intersection(m.engine_urls)) for m in pool.all_models()}
-    is_ready = bool(models) and all(models.values())
+    # `app.state.draining` (set by whoever handles SIGTERM) takes the façade out of rotation
+    # while in-flight streams finish.
+    draining = bool(getattr(request.app.state, "draining", False))
+    is_ready = bool(models) and all(models.values()) and not draining
     gpus, no_gpu = await asyncio.to_thread(gpu_report)  # NVML calls block
     body = {
-        "status": "ready" if is_ready else "not ready",
+        "status": "ready" if is_ready else "draining" if draining else "not ready",
         "engines": engines,
         "models": [{"id": k, "ready": v} for k, v in models.items()],
         "gpus": gpus,
