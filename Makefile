@@ -32,6 +32,8 @@ unit: test-venv ## the quick suites only (no engine, no containers)
 bench: test-venv ## side-by-side benchmarks (not pass/fail); writes docs/performance.md
 	scripts/install-system-deps.sh
 	scripts/setup-bench-venv.sh
+	$(PY) -m tests.perf.bench_upstream_client --json docs/performance-upstream-client.json
+	$(PY) -m tests.perf.bench_middleware
 	$(PY) -m tests.perf.run $(BENCH_ARGS)
 
 clean: ## remove caches (not the venv)

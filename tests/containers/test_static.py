@@ -169,10 +169,9 @@ def test_required_variables_fail_loudly() -> None:
     proc = compose("--profile", "monitoring", "config", env={"GRAFANA_ADMIN_PASSWORD": ""})
     assert proc.returncode != 0
     assert "GRAFANA_ADMIN_PASSWORD" in proc.stderr
-    proc = compose(
-        "--profile", "gpu", "config", env={"GRAFANA_ADMIN_PASSWORD": "x", "VLLAMA_MODEL": ""}
-    )
-    assert proc.returncode != 0 and "VLLAMA_MODEL" in proc.stderr
+    # A cpu-only host needs nothing gpu-specific: the file still resolves.
+    proc = compose("--profile", "cpu", "config", "-q", env={"GRAFANA_ADMIN_PASSWORD": "x"})
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_env_example_documents_every_variable() -> None:

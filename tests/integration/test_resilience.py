@@ -135,28 +135,19 @@ def engine_gauges(engine: Engine) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("api", ["openai", "ollama"])
-def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine, api: str) -> None:
-    # Long generations that would take seconds to finish; the hang-up comes after three
-    # lines. ignore_eos on /v1; on /api greedy decoding, which for this prompt never
-    # stops before num_predict (the demo model's weights are fixed).
-    if api == "openai":
-        path = "/v1/chat/completions"
-        body: dict[str, Any] = {
-            "model": CHAT,
-            "messages": MESSAGES,
-            "max_tokens": 480,
-            "ignore_eos": True,
-            "n": 4,
-            "stream": True,
-        }
-    else:
-        path = "/api/chat"
-        body = {
-            "model": CHAT,
-            "messages": MESSAGES,
-            "options": {"num_predict": 480, "temperature": 0},
-        }
+def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine) -> None:
+    # A generation that would take seconds (n=4 x 480 tokens, ignore_eos); the hang-up
+    # comes after three lines. (/api streams cannot ask for that much work from the tiny
+    # model, so their early exit is covered by tests/unit/upstream/test_pool.py.)
+    path = "/v1/chat/completions"
+    body: dict[str, Any] = {
+        "model": CHAT,
+        "messages": MESSAGES,
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "n": 4,
+        "stream": True,
+    }
     with run_facade(engines=[{"url": own_chat_engine.url}]) as url:
         before = engine_gauges(own_chat_engine)
         assert before["running"] == 0
@@ -178,9 +169,10 @@ def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine, api: s
 
 @pytest.mark.slow
 def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
-    """Runs last in this module: it kills the module's engine."""
-    # n=4, ignore_eos: each stream has seconds of work left when the engine dies.
-    body = {
+    """Runs last in this module: it kills the module's engine. Half the streams use the
+    OpenAI API, half the Ollama API: each must end with an error as its last line."""
+    # n=4, ignore_eos: each /v1 stream has seconds of work left when the engine dies.
+    openai_body = {
         "model": CHAT,
         "messages": MESSAGES,
         "max_tokens": 480,
@@ -188,18 +180,31 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
         "n": 4,
         "stream": True,
     }
+    # Greedy decoding of MESSAGES on the demo model runs to the length limit (no EOS), so
+    # each /api stream too is still generating when the engine dies.
+    ollama_body = {
+        "model": CHAT,
+        "messages": MESSAGES,
+        "options": {"num_predict": 480, "temperature": 0},
+    }
     with run_facade(engines=[{"url": own_chat_engine.url}], health_interval_s=0.5) as url:
         started = concurrent.futures.ThreadPoolExecutor(16)
         first_chunk = [False] * 16
 
-        def stream(i: int) -> str:
-            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+        def stream(i: int) -> tuple[str, str]:
+            api = "openai" if i % 2 else "ollama"
+            path, body = (
+                ("/v1/chat/completions", openai_body)
+                if api == "openai"
+                else ("/api/chat", ollama_body)
+            )
+            with httpx.stream("POST", f"{url}{path}", json=body, timeout=60) as r:
                 last = ""
                 for line in r.iter_lines():
                     if line:
                         first_chunk[i] = True
                         last = line
-                return last
+                return api, last
 
         futures = [started.submit(stream, i) for i in range(16)]
         wait_for("all 16 streams flowing", lambda: all(first_chunk), 120)
@@ -208,8 +213,12 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
             "readiness 503", lambda: httpx.get(f"{url}/health/ready").status_code == 503, 2
         )
         for f in futures:
-            last = f.result(timeout=30)  # no hang
-            assert last.startswith("data: {") and "error" in json.loads(last[6:]), last
+            api, last = f.result(timeout=30)  # no hang
+            if api == "openai":
+                assert last.startswith("data: {") and "error" in json.loads(last[6:]), last
+            else:  # NDJSON: the error object is the stream's last line, and it is not "done"
+                final = json.loads(last)
+                assert "error" in final and not final.get("done"), last
         assert took <= 2
         assert own_chat_engine.proc is not None and own_chat_engine.proc.poll() is not None
         started.shutdown()

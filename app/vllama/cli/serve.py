@@ -195,6 +195,14 @@ def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
     metrics = getattr(app.state, "metrics", None)
     if metrics is not None:
         supervisor.on_restart = metrics.engine_restarted
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, /health/ready turns 503 ("draining") while streams finish."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.draining = True
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -209,7 +217,7 @@ def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
     )
     print(f"vllama: serving on {facade_url(settings)} (Ctrl-C stops)", file=sys.stderr)
     try:
-        uvicorn.Server(config).run()
+        DrainingServer(config).run()
     except SystemExit as exc:
         if exc.code:
             raise CliError("the façade could not start (see the messages above)", FAILED) from exc

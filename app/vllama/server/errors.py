@@ -12,7 +12,7 @@ import logging
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from vllama.upstream.errors import UpstreamError
@@ -127,6 +127,12 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(retry)} if isinstance(retry, int) else None
         return error_response(request.url.path, exc.status, exc.message, headers=headers)
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client hung up while sending its body (e.g. a proxy aborting an oversized
+        # upload): nobody reads this answer, and it is not a server fault worth a traceback.
+        log.debug("client disconnected while sending %s %s", request.method, request.url.path)
+        return error_response(request.url.path, 499, "request canceled")
+
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         request_id = getattr(request.state, "request_id", None)
@@ -138,4 +144,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(UpstreamError, upstream_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, internal_error)
