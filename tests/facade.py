@@ -20,9 +20,8 @@ from tests.engines import free_port, http_ok
 @contextlib.contextmanager
 def run_facade(**settings: Any) -> Iterator[str]:
     """Yield the base URL of a façade built from `Settings(**settings)`."""
-    from vllama.server.app import create_app
-
     from vllama.config import Settings
+    from vllama.server.app import create_app
 
     port = free_port()
     app = create_app(Settings(host="127.0.0.1", port=port, **settings))

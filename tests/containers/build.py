@@ -156,7 +156,25 @@ def build_all() -> Images:
             )
         }
     )
-    return Images(base, wheelhouse, facade, vllm_cpu, cuda, standins)
+    built = Images(base, wheelhouse, facade, vllm_cpu, cuda, standins)
+    _drop_stale_tags([py_base, facade, vllm_cpu, cuda, *standins.values()])
+    return built
+
+
+def _drop_stale_tags(current: list[str]) -> None:
+    """Older content-hash tags of the same images: the cache keeps one version of each."""
+    for ref in current:
+        repo = ref.rsplit(":", 1)[0]
+        listed = subprocess.run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repo],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        ).stdout.split()
+        stale = [r for r in listed if r != ref]
+        if stale:  # an image a container still uses stays; that is fine
+            subprocess.run(["docker", "rmi", *stale], capture_output=True, check=False, timeout=120)
 
 
 def _compose_build(specs: dict[str, tuple[str, dict[str, object]]]) -> None:

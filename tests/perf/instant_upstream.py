@@ -4,6 +4,8 @@ what a proxy in front of it costs.
 Raw asyncio + httptools (no framework) and prebuilt responses, so its own cost per request
 is small; `GET /_stats` reports its CPU seconds so the benchmark can show that cost.
 Streams send `--chunks` SSE events, each its own write, then a usage event and [DONE].
+With `--break-after N` a stream stops after N content events and the connection closes
+without ending the chunked body: an engine that died mid-stream, at an exact point.
 
     python -m tests.perf.instant_upstream --port 18100 [--chunks 16]
 """
@@ -109,7 +111,10 @@ class Responses:
 
 
 class Protocol(asyncio.Protocol):
-    def __init__(self, responses: Responses, stats: dict[str, int]) -> None:
+    def __init__(
+        self, responses: Responses, stats: dict[str, int], break_after: int | None = None
+    ) -> None:
+        self.break_after = break_after
         self.responses = responses
         self.stats = stats
         self.parser = httptools.HttpRequestParser(self)
@@ -142,6 +147,11 @@ class Protocol(asyncio.Protocol):
         r = self.responses
         if url.startswith(b"/v1/chat/completions"):
             if b'"stream": true' in body or b'"stream":true' in body:
+                if self.break_after is not None:
+                    for part in r.stream_parts[: 1 + self.break_after]:
+                        self.transport.write(part)
+                    self.transport.close()  # flushes what was written, never ends the body
+                    return
                 for part in r.stream_parts:  # one write per event, as an engine streams
                     self.transport.write(part)
             else:
@@ -163,12 +173,12 @@ class Protocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(port: int, chunks: int) -> None:
+async def serve(port: int, chunks: int, break_after: int | None = None) -> None:
     responses = Responses(chunks)
     stats = {"requests": 0}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Protocol(responses, stats), "127.0.0.1", port, backlog=4096
+        lambda: Protocol(responses, stats, break_after), "127.0.0.1", port, backlog=4096
     )
     async with server:
         await server.serve_forever()
@@ -178,8 +188,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--break-after", type=int, default=None)
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.chunks))
+    uvloop.run(serve(args.port, args.chunks, args.break_after))
 
 
 if __name__ == "__main__":

@@ -105,20 +105,13 @@ def running(proc: Proc, ready_path: str, timeout: float = 120.0) -> Iterator[Pro
         proc.stop()
 
 
-def instant_upstream(chunks: int = 16) -> Proc:
+def instant_upstream(chunks: int = 16, break_after: int | None = None) -> Proc:
     port = free_port()
-    return _spawn(
-        "instant-upstream",
-        [
-            sys.executable,
-            "-m",
-            "tests.perf.instant_upstream",
-            "--port",
-            str(port),
-            "--chunks",
-            str(chunks),
-        ],
-    )
+    cmd = [sys.executable, "-m", "tests.perf.instant_upstream", "--port", str(port)]
+    cmd += ["--chunks", str(chunks)]
+    if break_after is not None:
+        cmd += ["--break-after", str(break_after)]
+    return _spawn("instant-upstream", cmd)
 
 
 def facade(engine_url: str, name: str = "facade", workers: int = 1) -> Proc:
