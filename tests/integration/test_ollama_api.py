@@ -13,6 +13,7 @@ import ollama
 import pytest
 
 from tests.engines import Engine
+from tests.facade import run_facade
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(120)]
 
@@ -391,23 +392,29 @@ def test_engine_errors_keep_their_status(facade_url: str) -> None:
     assert "context length" in resp.json()["error"]
 
 
-def _cancelled_upstream(facade_url: str) -> float:
-    text = httpx.get(f"{facade_url}/metrics", timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllama_upstream_errors_total{") and 'kind="cancelled"' in line
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
+def test_client_disconnect_ends_the_upstream_request(path: str) -> None:
+    # The tiny engine can finish a whole generation before a hang-up lands, so the upstream
+    # here is a stand-in that paces 200 events 50 ms apart (tests/perf/instant_upstream.py)
+    # and counts streams whose reader left early. (Through a real engine and a real proxy:
+    # tests/ops/test_proxy.py and tests/integration/test_resilience.py.)
+    from tests.perf import procs
+
+    body: dict[str, Any] = {"model": CHAT, "options": {"num_predict": 200}}
+    body |= (
+        {"prompt": "a"}
+        if path == "/api/generate"
+        else {"messages": [{"role": "user", "content": "a"}]}
     )
-
-
-def test_client_disconnect_ends_the_upstream_request(facade_url: str) -> None:
-    before = _cancelled_upstream(facade_url)
-    # A long raw generation (up to the whole context); leave after the first line.
-    body = {"model": CHAT, "prompt": "a", "raw": True, "options": {"seed": 1, "num_predict": 480}}
-    with httpx.stream("POST", f"{facade_url}/api/generate", json=body, timeout=60) as resp:
-        first = json.loads(next(resp.iter_lines()))
-        assert first["done"] is False
-    deadline = time.monotonic() + 15
-    while _cancelled_upstream(facade_url) <= before:
-        assert time.monotonic() < deadline, "the façade kept the engine request open"
-        time.sleep(0.05)
+    with (
+        procs.running(procs.instant_upstream(chunks=200, interval_ms=50), "/health", 30) as up,
+        run_facade(engines=[{"url": up.url}]) as url,
+    ):
+        before = procs.upstream_stats(up.url)["aborted"]
+        with httpx.stream("POST", f"{url}{path}", json=body, timeout=60) as resp:
+            first = json.loads(next(resp.iter_lines()))
+            assert first["done"] is False
+        deadline = time.monotonic() + 5
+        while procs.upstream_stats(up.url)["aborted"] <= before:
+            assert time.monotonic() < deadline, "the façade kept the upstream request open"
+            time.sleep(0.05)

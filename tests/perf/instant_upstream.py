@@ -6,6 +6,8 @@ is small; `GET /_stats` reports its CPU seconds so the benchmark can show that c
 Streams send `--chunks` SSE events, each its own write, then a usage event and [DONE].
 With `--break-after N` a stream stops after N content events and the connection closes
 without ending the chunked body: an engine that died mid-stream, at an exact point.
+With `--interval-ms N` stream events are paced N ms apart, and `GET /_stats` counts the
+streams whose client left before the end (`aborted`): a generation that takes time.
 
     python -m tests.perf.instant_upstream --port 18100 [--chunks 16]
 """
@@ -112,9 +114,15 @@ class Responses:
 
 class Protocol(asyncio.Protocol):
     def __init__(
-        self, responses: Responses, stats: dict[str, int], break_after: int | None = None
+        self,
+        responses: Responses,
+        stats: dict[str, int],
+        break_after: int | None = None,
+        interval_s: float = 0.0,
     ) -> None:
         self.break_after = break_after
+        self.interval_s = interval_s
+        self.pending: list[asyncio.TimerHandle] = []
         self.responses = responses
         self.stats = stats
         self.parser = httptools.HttpRequestParser(self)
@@ -131,6 +139,23 @@ class Protocol(asyncio.Protocol):
         except httptools.HttpParserError:
             if self.transport is not None:
                 self.transport.close()
+
+    def _paced(self, parts: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        for i, part in enumerate(parts):
+            self.pending.append(loop.call_later(i * self.interval_s, self._write, part))
+
+    def _write(self, part: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(part)
+        self.pending.pop(0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pending:  # the client left before the stream's end
+            self.stats["aborted"] += 1
+            for handle in self.pending:
+                handle.cancel()
+            self.pending.clear()
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
@@ -152,6 +177,9 @@ class Protocol(asyncio.Protocol):
                         self.transport.write(part)
                     self.transport.close()  # flushes what was written, never ends the body
                     return
+                if self.interval_s:
+                    self._paced(r.stream_parts)
+                    return
                 for part in r.stream_parts:  # one write per event, as an engine streams
                     self.transport.write(part)
             else:
@@ -163,9 +191,7 @@ class Protocol(asyncio.Protocol):
         elif url.startswith(b"/_stats"):
             use = resource.getrusage(resource.RUSAGE_SELF)
             self.transport.write(
-                Responses._json(
-                    {"requests": self.stats["requests"], "cpu_s": use.ru_utime + use.ru_stime}
-                )
+                Responses._json({**self.stats, "cpu_s": use.ru_utime + use.ru_stime})
             )
         else:
             self.transport.write(r.not_found)
@@ -173,12 +199,17 @@ class Protocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(port: int, chunks: int, break_after: int | None = None) -> None:
+async def serve(
+    port: int, chunks: int, break_after: int | None = None, interval_s: float = 0.0
+) -> None:
     responses = Responses(chunks)
-    stats = {"requests": 0}
+    stats = {"requests": 0, "aborted": 0}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Protocol(responses, stats, break_after), "127.0.0.1", port, backlog=4096
+        lambda: Protocol(responses, stats, break_after, interval_s),
+        "127.0.0.1",
+        port,
+        backlog=4096,
     )
     async with server:
         await server.serve_forever()
@@ -189,8 +220,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--break-after", type=int, default=None)
+    parser.add_argument("--interval-ms", type=float, default=0.0)
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.chunks, args.break_after))
+    uvloop.run(serve(args.port, args.chunks, args.break_after, args.interval_ms / 1000))
 
 
 if __name__ == "__main__":

@@ -105,10 +105,12 @@ def running(proc: Proc, ready_path: str, timeout: float = 120.0) -> Iterator[Pro
         proc.stop()
 
 
-def instant_upstream(chunks: int = 16, break_after: int | None = None) -> Proc:
+def instant_upstream(
+    chunks: int = 16, break_after: int | None = None, interval_ms: float = 0.0
+) -> Proc:
     port = free_port()
     cmd = [sys.executable, "-m", "tests.perf.instant_upstream", "--port", str(port)]
-    cmd += ["--chunks", str(chunks)]
+    cmd += ["--chunks", str(chunks), "--interval-ms", str(interval_ms)]
     if break_after is not None:
         cmd += ["--break-after", str(break_after)]
     return _spawn("instant-upstream", cmd)
@@ -198,6 +200,7 @@ litellm_settings:
 
 
 def upstream_stats(url: str) -> dict[str, float]:
+    """The instant upstream's counters: requests, aborted streams, its CPU seconds."""
     import json
 
     with urllib.request.urlopen(url + "/_stats", timeout=5) as resp:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,10 @@ def engine_spec(
     args = list(launch.engine_args)
     if cpu_build:
         args = with_defaults(args, DEMO_CPU_FLAGS if demo else CPU_DEFAULT_FLAGS)
+        # The CPU build compiles its graphs with torch.compile, which needs a C++ compiler;
+        # without one, eager mode still serves (slower) instead of failing at load.
+        if shutil.which("g++") is None and not has_flag(args, "--enforce-eager"):
+            args.append("--enforce-eager")
     command = [
         settings.engine_python or sys.executable,
         "-m",
