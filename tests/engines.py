@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,13 +156,16 @@ class Engine:
             self.proc.wait(10)
 
 
-def start_engine(kind: str, port: int | None = None, *, wait: bool = True) -> Engine:
+def start_engine(
+    kind: str, port: int | None = None, *, wait: bool = True, extra_args: Sequence[str] = ()
+) -> Engine:
+    """Start a real engine; `extra_args` come last, so they override the defaults."""
     port = port or free_port()
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"engine-{kind}-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            engine_command(kind, port),
+            [*engine_command(kind, port), *extra_args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=engine_env(),

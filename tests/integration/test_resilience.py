@@ -114,7 +114,9 @@ def test_breaker_routes_around_a_dead_replica_and_takes_it_back(chat_engine: Eng
 def own_chat_engine() -> Iterator[Engine]:
     """An engine this module may watch exclusively (its vllm:num_requests_running shows
     aborts) and finally kill."""
-    engine = start_engine("chat")
+    # A 2048-token context (the demo model's limit) gives generations long enough to
+    # still be running when the kill lands.
+    engine = start_engine("chat", extra_args=["--max-model-len", "2048"])
     try:
         yield engine
     finally:
@@ -169,15 +171,15 @@ def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine) -> Non
 
 @pytest.mark.slow
 def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
-    """Runs last in this module: it kills the module's engine."""
-    # n=4, ignore_eos: each stream has seconds of work left when the engine dies. (/api
-    # streams cannot ask for that much work from the tiny model: vLLM hands a lagging
-    # reader its whole output at once, so they may end before the kill. Their mid-stream
-    # error line is shown at an exact point by test_upstream_dying_mid_stream_... below.)
+    """Runs last of the engine tests in this module: it kills the module's engine."""
+    # n=4 x 2000 tokens, ignore_eos: seconds of work per stream. (/api streams cannot ask
+    # for that much work from the tiny model: vLLM hands a lagging reader its whole output
+    # at once, so they may end before the kill. Their mid-stream error line is shown at an
+    # exact point by test_upstream_dying_mid_stream_... below.)
     body = {
         "model": CHAT,
         "messages": MESSAGES,
-        "max_tokens": 480,
+        "max_tokens": 2000,
         "ignore_eos": True,
         "n": 4,
         "stream": True,
@@ -186,24 +188,32 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine) -> None:
         started = concurrent.futures.ThreadPoolExecutor(16)
         first_chunk = [False] * 16
 
-        def stream(i: int) -> str:
+        def stream(i: int) -> tuple[str, float]:
+            """The stream's last line and when it arrived."""
             with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
-                last = ""
+                last, at = "", 0.0
                 for line in r.iter_lines():
                     if line:
                         first_chunk[i] = True
-                        last = line
-                return last
+                        last, at = line, time.monotonic()
+                return last, at
 
         futures = [started.submit(stream, i) for i in range(16)]
         wait_for("all 16 streams flowing", lambda: all(first_chunk), 120)
+        killed_at = time.monotonic()
         own_chat_engine.kill()
         took = wait_for(
             "readiness 503", lambda: httpx.get(f"{url}/health/ready").status_code == 503, 2
         )
+        errors = 0
         for f in futures:
-            last = f.result(timeout=30)  # no hang
-            assert last.startswith("data: {") and "error" in json.loads(last[6:]), last
+            last, at = f.result(timeout=30)  # no hang
+            if last == "data: [DONE]":  # allowed only for a stream that ended before the kill
+                assert at < killed_at, "a stream ended normally after its engine was killed"
+            else:
+                assert last.startswith("data: {") and "error" in json.loads(last[6:]), last
+                errors += 1
+        assert errors >= 12, f"only {errors} of 16 streams were still running at the kill"
         assert took <= 2
         assert own_chat_engine.proc is not None and own_chat_engine.proc.poll() is not None
         started.shutdown()
