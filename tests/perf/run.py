@@ -281,7 +281,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer levels and rounds")
     parser.add_argument("--phases", default="overhead,e2e")
     args = parser.parse_args()
-    results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
+    results: dict[str, Any] = {}
+    if RESULTS.exists() and args.phases != "overhead,e2e":  # one phase again: keep the others
+        results = json.loads(RESULTS.read_text())
+    results.update(machine=machine(), quick=args.quick)
     started = time.monotonic()
     for phase in args.phases.split(","):
         print(f"== {phase}", flush=True)
