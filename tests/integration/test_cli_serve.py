@@ -73,6 +73,17 @@ def sigterm_during_streams(serve: Serve, n: int = 4) -> tuple[list[dict[str, Any
     return results, sent
 
 
+def refused_within(url: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def assert_streams_completed(results: list[dict[str, Any]], n: int) -> None:
     assert len(results) == n
     for r in results:
@@ -114,9 +125,10 @@ def test_serve_engine_url(chat_engine: Engine, tmp_path: Path) -> None:
         assert demo.exists()
 
         results, sent = sigterm_during_streams(serve)
-        # While draining, the listening socket is closed: new clients are refused.
-        with pytest.raises(httpx.TransportError):
-            httpx.get(f"{serve.url}/health", timeout=2)
+        # Soon after SIGTERM (uvicorn acts on it at its next 0.1 s tick, and the tiny model's
+        # streams may all be over by then) the listening socket is closed: new clients are
+        # refused, whether the façade is still draining or already gone.
+        assert refused_within(f"{serve.url}/health", 10), "still accepting after SIGTERM"
         assert serve.proc.wait(90) == 0
         assert_streams_completed(results, 4)
         assert max(r["ended"] for r in results) > sent  # they really were in flight

@@ -2,8 +2,9 @@
 
 The pool starts and stops with the app's lifespan. Docs routes (/docs, /redoc,
 /openapi.json) are off: the public surface is exactly the Ollama and OpenAI APIs plus
-health and metrics. The hot path has no BaseHTTPMiddleware: the only middleware is
-obs-security's raw ASGI RequestContextMiddleware.
+health and metrics. The hot path has no BaseHTTPMiddleware: the middleware is raw ASGI,
+RequestContextMiddleware outside, then FastRoutes, which calls the inference handlers
+without FastAPI's routing and dependency machinery.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vllama.config import Settings
 from vllama.observability.metrics import Metrics
 from vllama.security.keys import KeyStore
 from vllama.server.errors import install_error_handlers
+from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
 from vllama.server.routes import health, ollama, openai
 from vllama.server.routes import metrics as metrics_routes
@@ -54,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for module in (health, openai, ollama, metrics_routes):
         app.include_router(module.router)
+    # add_middleware wraps from the inside out: FastRoutes runs inside the request context.
+    app.add_middleware(FastRoutes)
     app.add_middleware(
         RequestContextMiddleware, settings=settings, metrics=metrics, keys=app.state.keys
     )

@@ -24,7 +24,9 @@ def make_session(settings: Settings) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=settings.max_in_flight + 64,  # the façade's own limit binds first
         limit_per_host=0,
-        keepalive_timeout=30,
+        # Below the engines' own idle timeout (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s), so
+        # the façade drops an idle connection before the engine can close it under a reuse.
+        keepalive_timeout=4,
         enable_cleanup_closed=True,
     )
     timeout = aiohttp.ClientTimeout(

@@ -297,7 +297,10 @@ class EnginePool:
         engine.breaker.acquire()
         return engine
 
-    def _failed(self, engine: Engine, kind: str) -> None:
+    def _failed(self, engine: Engine, kind: str, exc: BaseException | None = None) -> None:
+        # Each failure counts towards the breaker; the log says which kind it was and why,
+        # since "circuit breaker open" alone does not tell an operator what to fix.
+        log.warning("request to engine %s failed (%s): %r", engine.url, kind, exc)
         engine.breaker.record_failure()
         if self._metrics is not None:
             self._metrics.upstream_error(engine.url, kind)
@@ -333,14 +336,14 @@ class EnginePool:
             except _RETRY_ON as exc:  # nothing reached the engine's app: safe to retry
                 engine.outstanding -= 1
                 kind = "timeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "connect"
-                self._failed(engine, kind)
+                self._failed(engine, kind, exc)
                 tried.add(engine.url)
                 last = exc
                 continue
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 engine.outstanding -= 1
                 self._failed(
-                    engine, "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                    engine, "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect", exc
                 )
                 raise EngineConnectionError(
                     f"engine {engine.url} failed: {exc or type(exc).__name__}"

@@ -14,17 +14,17 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from vllama.models.info import ModelFiles, read_model_files
 from vllama.observability.metrics import Metrics
 from vllama.server.errors import error_response
+from vllama.server.streaming import ProxyStream
 from vllama.translate import ModelTraits, Timings, TranslationError, UpstreamCall
 from vllama.translate import models as model_cards
 from vllama.translate import requests as to_openai
@@ -79,7 +79,7 @@ def _refusal(exc: Exception) -> _Refused:
 def _error(request: Request, exc: Exception) -> Response:
     refused = _refusal(exc)
     return error_response(
-        request.url.path, refused.status, refused.message, headers=refused.headers
+        request.scope["path"], refused.status, refused.message, headers=refused.headers
     )
 
 
@@ -235,7 +235,8 @@ class _Clock:
         )
 
 
-async def _generation(request: Request, kind: str) -> Response:
+async def generation(request: Request, *, kind: str) -> Response:
+    """/api/chat and /api/generate; also called directly by server.fast_routes."""
     route = f"/api/{kind}"
     clock = _Clock()
     try:
@@ -307,7 +308,7 @@ async def _generation(request: Request, kind: str) -> Response:
             await upstream.close()
         return JSONResponse(translator.aggregate(finish(), time.time()))
 
-    async def lines() -> AsyncIterator[bytes]:
+    async def lines() -> AsyncGenerator[bytes, None]:
         try:
             batch = [first]
             while batch:
@@ -328,17 +329,19 @@ async def _generation(request: Request, kind: str) -> Response:
         finally:
             await upstream.close()  # also when the client went away: ends the upstream request
 
-    return StreamingResponse(lines(), media_type=NDJSON, background=BackgroundTask(upstream.close))
+    return ProxyStream(
+        lines(), status_code=200, headers={"Content-Type": NDJSON}, on_close=upstream.close
+    )
 
 
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
-    return await _generation(request, "chat")
+    return await generation(request, kind="chat")
 
 
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
-    return await _generation(request, "generate")
+    return await generation(request, kind="generate")
 
 
 # --- embeddings ---------------------------------------------------------------------------

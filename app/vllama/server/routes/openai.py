@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from vllama.server.deps import get_metrics, get_pool, get_settings
 from vllama.server.errors import error_response, openai_error_body
+from vllama.server.streaming import ProxyStream
 from vllama.upstream.errors import ServerBusy, UpstreamError
 from vllama.upstream.pool import ServedModel
 from vllama.upstream.usage import UsageTail
@@ -37,55 +36,6 @@ _HOP_HEADERS = frozenset(
 def upstream_error_response(path: str, exc: UpstreamError) -> Response:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServerBusy) else None
     return error_response(path, exc.status, exc.message, headers=headers)
-
-
-class ProxyStream(Response):
-    """Streams upstream chunks to the client and, however it ends (done, engine error,
-    client gone), closes the upstream response: closing is what makes vLLM abort."""
-
-    def __init__(
-        self,
-        chunks: AsyncGenerator[bytes, None],
-        *,
-        status_code: int,
-        headers: dict[str, str],
-        on_close: Callable[[], Awaitable[None]],
-    ) -> None:
-        # Not Response.__init__: it would set content-length for an empty body.
-        self.status_code = status_code
-        self.background = None
-        self.init_headers(headers)
-        self._chunks = chunks
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-
-                async def pump() -> None:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": self.status_code,
-                            "headers": self.raw_headers,
-                        }
-                    )
-                    async for chunk in self._chunks:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    tg.cancel_scope.cancel()
-
-                async def watch() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(pump)
-                tg.start_soon(watch)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._chunks.aclose()
-                await self._on_close()
 
 
 def _bad_request(path: str, message: str, param: str | None = None) -> Response:
@@ -134,9 +84,10 @@ def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-async def _forward(request: Request, route: str) -> Response:
+async def forward(request: Request, *, route: str) -> Response:
+    """One inference request passed through; also called directly by server.fast_routes."""
     start = time.perf_counter()
-    path = request.url.path
+    path: str = request.scope["path"]
     raw = await request.body()
     try:
         body: Any = json.loads(raw)
@@ -217,17 +168,17 @@ async def _forward(request: Request, route: str) -> Response:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await _forward(request, "/v1/chat/completions")
+    return await forward(request, route="/v1/chat/completions")
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await _forward(request, "/v1/completions")
+    return await forward(request, route="/v1/completions")
 
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
-    return await _forward(request, "/v1/embeddings")
+    return await forward(request, route="/v1/embeddings")
 
 
 def _card(id_: str, model: ServedModel, *, alias_of: str | None = None) -> dict[str, Any]:
