@@ -1,0 +1,98 @@
+"""ProxyStream: a client that hangs up stops the pump and the upstream is closed; a stream
+that ends normally closes it too; a cancel from outside (server shutdown) is not swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from vllama.server.streaming import ProxyStream
+
+
+class Upstream:
+    def __init__(self, n: int | None) -> None:
+        self.n = n  # None: endless
+        self.closed = False
+        self.generator_closed = False
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        i = 0
+        try:
+            while self.n is None or i < self.n:
+                yield b"chunk %d\n" % i
+                i += 1
+                await asyncio.sleep(0.001)
+        finally:
+            self.generator_closed = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def response(up: Upstream) -> ProxyStream:
+    return ProxyStream(
+        up.chunks(), status_code=200, headers={"Content-Type": "text/plain"}, on_close=up.close
+    )
+
+
+async def test_a_client_hanging_up_stops_the_pump_and_closes_the_upstream() -> None:
+    up = Upstream(None)
+    sent: list[dict[str, Any]] = []
+    hang_up = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 4:  # the start and three chunks, then the client goes away
+            hang_up.set()
+
+    await asyncio.wait_for(response(up)({"type": "http"}, receive, send), 5)
+    assert up.closed and up.generator_closed
+    assert sent[0]["type"] == "http.response.start"
+    assert all(m.get("more_body") for m in sent[1:]), "no normal end after a hang-up"
+    assert len(sent) < 50
+
+
+async def test_a_finished_stream_ends_the_body_and_closes_the_upstream() -> None:
+    up = Upstream(3)
+    sent: list[dict[str, Any]] = []
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(response(up)({"type": "http"}, receive, send), 5)
+    assert [m.get("body") for m in sent[1:]] == [b"chunk 0\n", b"chunk 1\n", b"chunk 2\n", b""]
+    assert sent[-1]["more_body"] is False
+    assert up.closed and up.generator_closed
+    await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()], "watcher left"
+
+
+async def test_a_cancel_from_outside_is_not_swallowed() -> None:
+    up = Upstream(None)
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    task = asyncio.create_task(response(up)({"type": "http"}, receive, send))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert up.closed and up.generator_closed
