@@ -93,6 +93,11 @@ def _field(loc: tuple[object, ...] | list[object]) -> str | None:
     return ".".join(parts) or None
 
 
+def client_gone_response(path: str) -> Response:
+    """The answer to a client that hung up while sending its body (nginx's 499)."""
+    return error_response(path, 499, "request canceled")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in the path's API shape: never a traceback, never HTML."""
 
@@ -131,7 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # The client hung up while sending its body (e.g. a proxy aborting an oversized
         # upload): nobody reads this answer, and it is not a server fault worth a traceback.
         log.debug("client disconnected while sending %s %s", request.method, request.url.path)
-        return error_response(request.url.path, 499, "request canceled")
+        return client_gone_response(request.url.path)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)

@@ -17,7 +17,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vllama.server.errors import error_response
+from vllama.server.errors import client_gone_response
+from vllama.server.middleware import INFERENCE_ROUTES
 from vllama.server.routes import ollama, openai
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -31,6 +32,8 @@ ROUTES: dict[str, Handler] = {
     "/api/embed": ollama.embed,
     "/api/embeddings": ollama.embeddings,
 }
+# One list of inference routes: the middleware limits and queues the same ones.
+assert set(ROUTES) == INFERENCE_ROUTES, "fast routes and INFERENCE_ROUTES disagree"
 
 
 class FastRoutes:
@@ -49,6 +52,5 @@ class FastRoutes:
         try:
             response = await handler(request)
         except ClientDisconnect:
-            # Hung up while sending its body: the same answer the app's handler gives.
-            response = error_response(scope["path"], 499, "request canceled")
+            response = client_gone_response(scope["path"])  # as the app's handler answers
         await response(scope, receive, send)

@@ -38,8 +38,9 @@ def response(up: Upstream) -> ProxyStream:
     )
 
 
-async def test_a_client_hanging_up_stops_the_pump_and_closes_the_upstream() -> None:
-    up = Upstream(None)
+def client(hang_up_after: int | None = None) -> tuple[list[dict[str, Any]], Any, Any]:
+    """(what was sent, receive, send) of a client that hangs up after that many messages,
+    or never."""
     sent: list[dict[str, Any]] = []
     hang_up = asyncio.Event()
 
@@ -49,9 +50,15 @@ async def test_a_client_hanging_up_stops_the_pump_and_closes_the_upstream() -> N
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
-        if len(sent) == 4:  # the start and three chunks, then the client goes away
+        if len(sent) == hang_up_after:
             hang_up.set()
 
+    return sent, receive, send
+
+
+async def test_a_client_hanging_up_stops_the_pump_and_closes_the_upstream() -> None:
+    up = Upstream(None)
+    sent, receive, send = client(hang_up_after=4)  # the start and three chunks, then gone
     await asyncio.wait_for(response(up)({"type": "http"}, receive, send), 5)
     assert up.closed and up.generator_closed
     assert sent[0]["type"] == "http.response.start"
@@ -61,16 +68,7 @@ async def test_a_client_hanging_up_stops_the_pump_and_closes_the_upstream() -> N
 
 async def test_a_finished_stream_ends_the_body_and_closes_the_upstream() -> None:
     up = Upstream(3)
-    sent: list[dict[str, Any]] = []
-    never = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        await never.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
+    sent, receive, send = client()
     await asyncio.wait_for(response(up)({"type": "http"}, receive, send), 5)
     assert [m.get("body") for m in sent[1:]] == [b"chunk 0\n", b"chunk 1\n", b"chunk 2\n", b""]
     assert sent[-1]["more_body"] is False
@@ -81,15 +79,7 @@ async def test_a_finished_stream_ends_the_body_and_closes_the_upstream() -> None
 
 async def test_a_cancel_from_outside_is_not_swallowed() -> None:
     up = Upstream(None)
-    never = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        await never.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
+    _, receive, send = client()
     task = asyncio.create_task(response(up)({"type": "http"}, receive, send))
     await asyncio.sleep(0.02)
     task.cancel()
