@@ -19,7 +19,7 @@ from prometheus_client.exposition import generate_latest
 
 from vllama import __version__
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "StreamTimer"]
 
 # The classic text format every Prometheus version parses (what `generate_latest` writes).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -159,11 +159,11 @@ class Metrics:
         self.requests.labels(api, route, model, str(status), key).inc()
         self.request_duration.labels(api, route, model).observe(duration_s)
 
-    def observe_ttft(self, api: str, route: str, model: str, seconds: float) -> None:
-        self.ttft.labels(api, route, model).observe(seconds)
-
-    def observe_inter_chunk(self, api: str, route: str, model: str, seconds: float) -> None:
-        self.inter_chunk.labels(api, route, model).observe(seconds)
+    def stream_timer(self, api: str, route: str, model: str, start: float) -> StreamTimer:
+        """Times one streamed answer that arrived at `start` (perf_counter seconds)."""
+        return StreamTimer(
+            self.ttft.labels(api, route, model), self.inter_chunk.labels(api, route, model), start
+        )
 
     def observe_overhead(self, api: str, route: str, seconds: float) -> None:
         self.overhead.labels(api, route).observe(seconds)
@@ -213,3 +213,27 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in Prometheus text format (`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
+
+
+class StreamTimer:
+    """TTFT and the gaps between chunks of one streamed answer.
+
+    The labelled histograms are looked up once per answer, not once per chunk: the label
+    lookup cost as much as the observation itself (docs/performance.md).
+    """
+
+    __slots__ = ("_gap", "_last", "_start", "_ttft")
+
+    def __init__(self, ttft: Histogram, gap: Histogram, start: float) -> None:
+        self._ttft = ttft
+        self._gap = gap
+        self._start = start
+        self._last: float | None = None
+
+    def chunk(self, now: float) -> None:
+        """A chunk was received at `now` (perf_counter seconds)."""
+        if self._last is None:
+            self._ttft.observe(now - self._start)
+        else:
+            self._gap.observe(now - self._last)
+        self._last = now

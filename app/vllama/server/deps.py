@@ -7,14 +7,14 @@ from typing import Protocol, cast
 from starlette.requests import Request
 
 from vllama.config import Settings
+from vllama.observability.metrics import StreamTimer
 from vllama.upstream.pool import EnginePool
 
 
 class RouteMetrics(Protocol):
     """The part of observability.metrics.Metrics that routes call."""
 
-    def observe_ttft(self, api: str, route: str, model: str, seconds: float) -> None: ...
-    def observe_inter_chunk(self, api: str, route: str, model: str, seconds: float) -> None: ...
+    def stream_timer(self, api: str, route: str, model: str, start: float) -> StreamTimer: ...
     def observe_overhead(self, api: str, route: str, seconds: float) -> None: ...
     def add_tokens(self, model: str, prompt: int, completion: int) -> None: ...
 

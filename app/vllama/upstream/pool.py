@@ -297,10 +297,10 @@ class EnginePool:
         engine.breaker.acquire()
         return engine
 
-    def _failed(self, engine: Engine, kind: str, exc: BaseException | None = None) -> None:
+    def _failed(self, engine: Engine, kind: str, cause: str) -> None:
         # Each failure counts towards the breaker; the log says which kind it was and why,
         # since "circuit breaker open" alone does not tell an operator what to fix.
-        log.warning("request to engine %s failed (%s): %r", engine.url, kind, exc)
+        log.warning("request to engine %s failed (%s): %s", engine.url, kind, cause)
         engine.breaker.record_failure()
         if self._metrics is not None:
             self._metrics.upstream_error(engine.url, kind)
@@ -336,15 +336,14 @@ class EnginePool:
             except _RETRY_ON as exc:  # nothing reached the engine's app: safe to retry
                 engine.outstanding -= 1
                 kind = "timeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "connect"
-                self._failed(engine, kind, exc)
+                self._failed(engine, kind, repr(exc))
                 tried.add(engine.url)
                 last = exc
                 continue
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 engine.outstanding -= 1
-                self._failed(
-                    engine, "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect", exc
-                )
+                kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                self._failed(engine, kind, repr(exc))
                 raise EngineConnectionError(
                     f"engine {engine.url} failed: {exc or type(exc).__name__}"
                 ) from exc
@@ -353,7 +352,7 @@ class EnginePool:
                 raise
             try:
                 if resp.status >= 500:
-                    self._failed(engine, "http_5xx")
+                    self._failed(engine, "http_5xx", f"the engine answered HTTP {resp.status}")
                 else:
                     engine.breaker.record_success()
                     if resp.status >= 400 and self._metrics is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 
 # One level of nesting allowed inside usage (`prompt_tokens_details`).
 _USAGE = re.compile(rb'"usage":\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
@@ -16,18 +17,28 @@ TAIL_BYTES = 8192
 
 
 class UsageTail:
-    """Keeps the last TAIL_BYTES of a response as it streams by."""
+    """Keeps at least the last TAIL_BYTES of a response as it streams by.
 
-    __slots__ = ("tail",)
+    Chunks are kept as they came and dropped once the newer ones cover TAIL_BYTES, so a
+    chunk costs an append, not a copy of the whole tail.
+    """
+
+    __slots__ = ("_chunks", "_size")
 
     def __init__(self) -> None:
-        self.tail = b""
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
 
     def feed(self, chunk: bytes) -> None:
-        if len(chunk) >= TAIL_BYTES:
-            self.tail = chunk[-TAIL_BYTES:]
-        else:
-            self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= TAIL_BYTES:
+            self._size -= len(self._chunks.popleft())
+
+    @property
+    def tail(self) -> bytes:
+        """The last TAIL_BYTES (or fewer: all there was)."""
+        return b"".join(self._chunks)[-TAIL_BYTES:]
 
     def usage(self) -> tuple[int, int] | None:
         return usage_from_tail(self.tail)

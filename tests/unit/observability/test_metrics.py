@@ -40,8 +40,9 @@ def exercised() -> Metrics:
     m.observe_request("ollama", "/api/chat", "vllama-demo", 200, "alice", 0.42)
     m.observe_request("ollama", "/api/chat", "vllama-demo", 200, "alice", 1.5)
     m.observe_request("openai", "/v1/embeddings", "all-minilm", 401, "anonymous", 0.001)
-    m.observe_ttft("ollama", "/api/chat", "vllama-demo", 0.2)
-    m.observe_inter_chunk("ollama", "/api/chat", "vllama-demo", 0.004)
+    timer = m.stream_timer("ollama", "/api/chat", "vllama-demo", start=10.0)
+    for received in (10.2, 10.204, 10.2045):  # TTFT 0.2 s, then gaps of 4 ms and 0.5 ms
+        timer.chunk(received)
     m.observe_overhead("ollama", "/api/chat", 0.0003)
     m.add_tokens("vllama-demo", 11, 7)
     m.add_tokens("vllama-demo", 5, 0)
@@ -88,6 +89,16 @@ def test_counts_are_exact() -> None:
     assert value(m, "vllama_engine_breaker_state", engine=ENGINE) == 2
     assert value(m, "vllama_auth_failures_total", api="openai") == 1
     assert value(m, "vllama_build_info", version=__version__) == 1
+
+
+def test_stream_timer_gives_one_ttft_and_a_gap_per_later_chunk() -> None:
+    m = exercised()
+    chat = {"api": "ollama", "route": "/api/chat", "model": "vllama-demo"}
+    assert value(m, "vllama_time_to_first_token_seconds_count", **chat) == 1
+    assert value(m, "vllama_time_to_first_token_seconds_sum", **chat) == pytest.approx(0.2)
+    assert value(m, "vllama_inter_chunk_seconds_count", **chat) == 2
+    assert value(m, "vllama_inter_chunk_seconds_sum", **chat) == pytest.approx(0.0045)
+    assert value(m, "vllama_inter_chunk_seconds_bucket", **chat, le="0.001") == 1
 
 
 def test_in_flight_goes_back_down_even_when_the_request_fails() -> None:

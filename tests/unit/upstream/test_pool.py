@@ -63,6 +63,9 @@ class FakeEngine:
         self.hits += 1
         if body == {}:  # the discovery probe: a generating engine rejects it
             return web.json_response({"error": {"message": "bad", "code": 400}}, status=400)
+        if body.get("fail_with") == 503:  # an engine that is up but cannot serve
+            err = {"error": {"message": "engine overloaded", "code": 503}}
+            return web.json_response(err, status=503)
         if body.get("max_tokens", 0) > 64:
             err = {
                 "error": {"message": "max_tokens too large", "type": "BadRequestError", "code": 400}
@@ -165,6 +168,26 @@ async def test_engine_errors_keep_status_and_message(make_pool: Factory) -> None
             pool.resolve("chat-a"), "/v1/chat/completions", {"max_tokens": 100}
         ):
             pass
+
+
+async def test_failed_engine_requests_are_logged_with_kind_and_cause(
+    make_pool: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool, (live,) = await make_pool(["chat-a"], dead=1, health_interval_s=60)
+    dead = next(e for e in pool.engines() if e.url != live.url)
+    dead.healthy = True
+    model = pool.resolve("chat-a")
+    with caplog.at_level("WARNING", logger="vllama.upstream.pool"):
+        for _ in range(2):  # one of the two engines is tried first, whichever is chosen
+            await pool.post_json(model, "/v1/chat/completions", {})
+        with pytest.raises(EngineHTTPError):
+            await pool.post_json(model, "/v1/chat/completions", {"fail_with": 503})
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        line.startswith(f"request to engine {dead.url} failed (connect): ClientConnectorError")
+        for line in lines
+    ), lines
+    assert f"request to engine {live.url} failed (http_5xx): the engine answered HTTP 503" in lines
 
 
 async def test_leaving_a_stream_early_closes_the_upstream(make_pool: Factory) -> None:

@@ -259,19 +259,11 @@ async def generation(request: Request, *, kind: str) -> Response:
 
     translator = to_ollama.StreamTranslator(kind, name)
     metrics = _metrics(request)
-    clock.own_ns += time.perf_counter_ns() - clock.start
-    clock.sent = time.perf_counter_ns()
-    upstream = _UpstreamStream(
-        _pool(request).stream_events(card, call.path, call.body, headers=_upstream_headers(request))
+    timer = (
+        metrics.stream_timer(API, route, card.id, clock.start / 1e9)
+        if metrics is not None
+        else None
     )
-    try:
-        # The first event decides the status: engine errors before it keep their status.
-        first = await upstream.next()
-    except BaseException as exc:
-        await upstream.close()
-        if isinstance(exc, Exception):
-            return _error(request, exc)
-        raise
 
     def on_event(event: Any) -> list[dict[str, Any]]:
         received = time.perf_counter_ns()
@@ -279,10 +271,8 @@ async def generation(request: Request, *, kind: str) -> Response:
         if chunks:
             if clock.first is None:
                 clock.first = received
-                if metrics is not None:
-                    metrics.observe_ttft(API, route, card.id, (received - clock.start) / 1e9)
-            elif metrics is not None and clock.last is not None:
-                metrics.observe_inter_chunk(API, route, card.id, (received - clock.last) / 1e9)
+            if timer is not None:
+                timer.chunk(received / 1e9)
             clock.last = received
         clock.own_ns += time.perf_counter_ns() - received
         return chunks
@@ -295,18 +285,32 @@ async def generation(request: Request, *, kind: str) -> Response:
             metrics.observe_overhead(API, route, clock.own_ns / 1e9)
         return timings
 
+    events = _pool(request).stream_events(
+        card, call.path, call.body, headers=_upstream_headers(request)
+    )
+    clock.own_ns += time.perf_counter_ns() - clock.start
+    clock.sent = time.perf_counter_ns()
     if not stream:
+        # One answer: read the engine's stream right here, in the endpoint's own task (no
+        # relay task and queue); a failure anywhere is an error answer, as nothing is sent.
         try:
-            event = first
-            while event is not _END:
-                on_event(event)
-                event = await upstream.next()
+            async with events as upstream_events:
+                async for event in upstream_events:
+                    on_event(event)
             translator.flush(time.time())
         except Exception as exc:
             return _error(request, exc)
-        finally:
-            await upstream.close()
         return JSONResponse(translator.aggregate(finish(), time.time()))
+
+    upstream = _UpstreamStream(events)
+    try:
+        # The first event decides the status: engine errors before it keep their status.
+        first = await upstream.next()
+    except BaseException as exc:
+        await upstream.close()
+        if isinstance(exc, Exception):
+            return _error(request, exc)
+        raise
 
     async def lines() -> AsyncGenerator[bytes, None]:
         try:

@@ -132,20 +132,18 @@ async def forward(request: Request, *, route: str) -> Response:
     if stream:
         out_headers["X-Accel-Buffering"] = "no"
         out_headers["Cache-Control"] = "no-cache"
-    timing = metrics if stream and upstream.status < 400 else None
+    timer = (
+        metrics.stream_timer(API, route, model.id, start)
+        if metrics is not None and stream and upstream.status < 400
+        else None
+    )
     tail = UsageTail()
 
     async def chunks() -> AsyncGenerator[bytes, None]:
-        last = None
         try:
             async for chunk in upstream.chunks:
-                if timing is not None:
-                    now = time.perf_counter()
-                    if last is None:
-                        timing.observe_ttft(API, route, model.id, now - start)
-                    else:
-                        timing.observe_inter_chunk(API, route, model.id, now - last)
-                    last = now
+                if timer is not None:
+                    timer.chunk(time.perf_counter())
                 tail.feed(chunk)
                 yield chunk
         except UpstreamError as exc:  # the status is sent: the error is the stream's end
