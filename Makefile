@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help venv test-venv demo test lint unit bench clean
+.PHONY: help venv test-venv demo test lint unit bench profile clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ bench: test-venv ## side-by-side benchmarks (not pass/fail); writes docs/perform
 	$(PY) -m tests.perf.bench_upstream_client --json docs/performance-upstream-client.json
 	$(PY) -m tests.perf.bench_middleware
 	$(PY) -m tests.perf.run $(BENCH_ARGS)
+
+profile: test-venv ## where the façade's CPU goes (py-spy); writes docs/performance-profile.md
+	scripts/setup-bench-venv.sh
+	$(PY) -m tests.perf.profile
 
 clean: ## remove caches (not the venv)
 	rm -rf .cache/logs .pytest_cache .mypy_cache .ruff_cache

@@ -116,20 +116,20 @@ def instant_upstream(
     return _spawn("instant-upstream", cmd)
 
 
-def facade(engine_url: str, name: str = "facade", workers: int = 1) -> Proc:
+def facade(engine_url: str, name: str = "facade") -> Proc:
     """The façade as operators run it: `vllama serve --engine URL` with default settings."""
     port = free_port()
     cmd = [str(VENV_BIN / "vllama"), "serve", "--engine", engine_url, "--port", str(port)]
-    if workers > 1:
-        cmd += ["--workers", str(workers)]
     return _spawn(name, cmd, env={"VLLAMA_LOG_FORMAT": "json"})
 
 
-def nginx(upstream_url: str) -> Proc:
-    """Nginx as a plain streaming reverse proxy: the floor for any proxy."""
+def nginx(*upstream_urls: str, name: str = "nginx") -> Proc:
+    """Nginx as a plain streaming reverse proxy: the floor for any proxy. Several upstreams
+    are balanced by least connections (several façade processes behind one proxy)."""
     port = free_port()
     prefix = Path(tempfile.mkdtemp(prefix="nginx-bench-", dir=BENCH_DIR.parent))
-    upstream = upstream_url.removeprefix("http://")
+    servers = " ".join(f"server {u.removeprefix('http://')};" for u in upstream_urls)
+    balance = "least_conn; " if len(upstream_urls) > 1 else ""
     conf = prefix / "nginx.conf"
     conf.write_text(f"""
 worker_processes 1;
@@ -144,7 +144,7 @@ http {{
   fastcgi_temp_path {prefix}/fastcgi;
   uwsgi_temp_path {prefix}/uwsgi;
   scgi_temp_path {prefix}/scgi;
-  upstream engine {{ server {upstream}; keepalive 512; }}
+  upstream engine {{ {balance}{servers} keepalive 512; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -157,7 +157,7 @@ http {{
   }}
 }}
 """)
-    proc = _spawn("nginx", ["nginx", "-p", str(prefix), "-c", str(conf)])
+    proc = _spawn(name, ["nginx", "-p", str(prefix), "-c", str(conf)])
     proc.url = f"http://127.0.0.1:{port}"
     return proc
 

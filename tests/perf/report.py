@@ -184,5 +184,11 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         lines.append(
             f"| {name} | {limit} | {value} | {'–' if ok is None else ('yes' if ok else '**no**')} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "Where the façade's CPU goes, why the missed targets are out of reach on this machine and",
+        "what they would take: docs/performance-analysis.md (profile tables:",
+        "docs/performance-profile.md, `make profile`).",
+        "",
+    ]
     path.write_text("\n".join(lines))
