@@ -15,9 +15,8 @@ import random
 import statistics
 import subprocess
 from contextlib import ExitStack
-from pathlib import Path
 
-from tests.engines import REPO, free_port
+from tests.engines import REPO
 from tests.perf import procs
 from tests.perf.run import level
 
@@ -29,15 +28,6 @@ LOADS = (  # (API, streamed, concurrency)
     ("openai", True, 16),
     ("ollama", True, 16),
 )
-
-
-def facade_from(app_dir: Path | None, upstream_url: str, name: str) -> procs.Proc:
-    port = free_port()
-    cmd = [str(procs.VENV_BIN / "vllama"), "serve", "--engine", upstream_url, "--port", str(port)]
-    env = {"VLLAMA_LOG_FORMAT": "json"}
-    if app_dir is not None:
-        env["PYTHONPATH"] = str(app_dir)
-    return procs._spawn(name, cmd, env=env)
 
 
 def main() -> None:
@@ -57,10 +47,10 @@ def main() -> None:
             up = stack.enter_context(procs.running(procs.instant_upstream(), "/health"))
             facades = {
                 "old": stack.enter_context(
-                    procs.running(facade_from(tree / "app", up.url, "facade-old"), "/health/ready")
+                    procs.running(procs.facade(up.url, "facade-old", tree / "app"), "/health/ready")
                 ),
                 "new": stack.enter_context(
-                    procs.running(facade_from(None, up.url, "facade-new"), "/health/ready")
+                    procs.running(procs.facade(up.url, "facade-new"), "/health/ready")
                 ),
             }
             for fac in facades.values():

@@ -116,11 +116,15 @@ def instant_upstream(
     return _spawn("instant-upstream", cmd)
 
 
-def facade(engine_url: str, name: str = "facade") -> Proc:
-    """The façade as operators run it: `vllama serve --engine URL` with default settings."""
+def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -> Proc:
+    """The façade as operators run it: `vllama serve --engine URL` with default settings.
+    `app_dir` (another checkout's `app/`) runs that code instead of the installed one."""
     port = free_port()
     cmd = [str(VENV_BIN / "vllama"), "serve", "--engine", engine_url, "--port", str(port)]
-    return _spawn(name, cmd, env={"VLLAMA_LOG_FORMAT": "json"})
+    env = {"VLLAMA_LOG_FORMAT": "json"}
+    if app_dir is not None:
+        env["PYTHONPATH"] = str(app_dir)
+    return _spawn(name, cmd, env=env)
 
 
 def nginx(*upstream_urls: str, name: str = "nginx") -> Proc:

@@ -219,7 +219,7 @@ class StreamTimer:
     """TTFT and the gaps between chunks of one streamed answer.
 
     The labelled histograms are looked up once per answer, not once per chunk: the label
-    lookup cost as much as the observation itself (docs/performance.md).
+    lookup cost as much as the observation itself (docs/performance-analysis.md).
     """
 
     __slots__ = ("_gap", "_last", "_start", "_ttft")

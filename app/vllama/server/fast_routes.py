@@ -2,9 +2,9 @@
 
 Every request to an engine pays for routing, dependency solving and the exception-handler
 wrappers before its handler runs; measured, that was a large share of the façade's own time
-per request (docs/performance.md). These handlers take nothing from FastAPI (a Starlette
-`Request` in, a `Response` out), so this ASGI layer calls them directly for an exact
-`POST` path and hands everything else to the app unchanged. It sits inside
+per request (docs/performance-analysis.md). These handlers take nothing from FastAPI (a
+Starlette `Request` in, a `Response` out), so this ASGI layer calls them directly for an
+exact `POST` path and hands everything else to the app unchanged. It sits inside
 RequestContextMiddleware, so keys, limits, request ids, access logs and metrics apply alike.
 """
 

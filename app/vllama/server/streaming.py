@@ -33,7 +33,8 @@ class ProxyStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One watcher task and plain asyncio cancellation: an anyio task group (two tasks
-        # and cancel scopes) cost a measurable share of a request's CPU (docs/performance.md).
+        # and cancel scopes) cost a measurable share of a request's CPU
+        # (docs/performance-analysis.md).
         task = asyncio.current_task()
         assert task is not None
         state = {"done": False, "gone": False}
