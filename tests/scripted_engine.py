@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MODEL = "vllama-demo"
@@ -45,12 +47,12 @@ def _response(status: int, body: bytes, content_type: bytes = b"application/json
     )
 
 
-def _chat(stream: bool) -> bytes:
+def _chat(stream: bool, model: str = MODEL) -> bytes:
     if not stream:
         body = {
             "id": "chatcmpl-scripted",
             "object": "chat.completion",
-            "model": MODEL,
+            "model": model,
             "choices": [
                 {
                     "index": 0,
@@ -65,7 +67,7 @@ def _chat(stream: bool) -> bytes:
         {
             "id": "c",
             "object": "chat.completion.chunk",
-            "model": MODEL,
+            "model": model,
             "choices": [
                 {"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}
             ],
@@ -73,13 +75,13 @@ def _chat(stream: bool) -> bytes:
         {
             "id": "c",
             "object": "chat.completion.chunk",
-            "model": MODEL,
+            "model": model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         },
         {
             "id": "c",
             "object": "chat.completion.chunk",
-            "model": MODEL,
+            "model": model,
             "choices": [],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
         },
@@ -89,19 +91,15 @@ def _chat(stream: bool) -> bytes:
     return _response(200, body, b"text/event-stream")
 
 
-MODELS = json.dumps(
-    {
-        "object": "list",
-        "data": [
-            {"id": MODEL, "object": "model", "created": 1, "root": "/m", "max_model_len": 512}
-        ],
-    }
-).encode()
+def _models(model: str) -> bytes:
+    card = {"id": model, "object": "model", "created": 1, "root": "/m", "max_model_len": 512}
+    return json.dumps({"object": "list", "data": [card]}).encode()
 
 
 class ScriptedEngine:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, model: str = MODEL) -> None:
         self.script = script
+        self.model = model
         self.counts = Counts()
         self._server: asyncio.Server | None = None
         self.url = ""
@@ -141,7 +139,7 @@ class ScriptedEngine:
                 if path == "/health":
                     writer.write(_response(200, b""))
                 elif path == "/v1/models":
-                    writer.write(_response(200, MODELS))
+                    writer.write(_response(200, _models(self.model)))
                 elif path.startswith("/v1/") and method == "POST":
                     request = json.loads(body or b"{}")
                     if request == {}:  # discovery's probe: a generating engine refuses it
@@ -166,7 +164,7 @@ class ScriptedEngine:
                         await asyncio.Event().wait()
                     else:
                         self.counts.answered += 1
-                        writer.write(_chat(bool(request.get("stream"))))
+                        writer.write(_chat(bool(request.get("stream")), self.model))
                 else:
                     writer.write(_response(404, b'{"error": "not found"}'))
                 await writer.drain()
@@ -174,3 +172,20 @@ class ScriptedEngine:
             pass
         finally:
             writer.close()
+
+
+@contextlib.contextmanager
+def scripted_engine_thread(script: Script, model: str = MODEL) -> Iterator[ScriptedEngine]:
+    """A ScriptedEngine on an event loop of its own thread, for synchronous tests."""
+    loop = asyncio.new_event_loop()
+    engine = ScriptedEngine(script, model)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(engine.start(), loop).result(10)
+    try:
+        yield engine
+    finally:
+        asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

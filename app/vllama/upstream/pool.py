@@ -431,8 +431,8 @@ class EnginePool:
             return
         log.warning("no engine answered for model %r: %r", name, last)
         raise EngineConnectionError(
-            "the model's engine could not be reached; retry shortly, or tell the operator "
-            "if it persists",
+            f"the engine of model '{name}' could not be reached; retry shortly, or tell the "
+            "operator if it persists",
             kind="timeout" if isinstance(last, aiohttp.ConnectionTimeoutError) else "connect",
             retry_after=self._retry_after(),
         )

@@ -125,7 +125,7 @@ def make_app(metrics: Metrics, **settings: Any) -> Starlette:
 
 def client_for(app: Starlette) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://facade")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 def middleware_of(app: Starlette) -> RequestContextMiddleware:
@@ -245,7 +245,7 @@ async def test_body_limit_from_content_length_in_each_shape() -> None:
 async def test_body_limit_while_streaming_a_chunked_body() -> None:
     async def body(chunks: int) -> AsyncIterator[bytes]:
         for _ in range(chunks):
-            yield b"y" * 512
+            yield b'"' + b"y" * 510 + b'"'  # a JSON string each
 
     async with client_for(make_app(Metrics(), max_body_bytes=1024)) as c:
         r = await c.post("/v1/embeddings", content=body(8))
