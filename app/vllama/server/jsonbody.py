@@ -50,7 +50,8 @@ def _check(value: Any, *, surrogates: bool) -> None:
         elif isinstance(node, list):
             items = node
         else:
-            _no_surrogate(node)
+            if isinstance(node, str):
+                _no_surrogate(node)
             continue
         if depth > MAX_DEPTH:
             raise InvalidJson(f"JSON nested deeper than {MAX_DEPTH} levels")
