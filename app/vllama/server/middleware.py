@@ -86,6 +86,7 @@ KNOWN_ROUTES = INFERENCE_ROUTES | {
     "/health",
     "/health/ready",
     "/metrics",
+    "/openapi.json",
 }
 _PREFIX_ROUTES = (("/v1/models/", "/v1/models/{model}"), ("/api/blobs/", "/api/blobs/{digest}"))
 OTHER_ROUTE = "other"
