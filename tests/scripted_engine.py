@@ -35,6 +35,7 @@ class Counts:
     answered: int = 0
     dropped: int = 0
     hung: int = 0
+    abandoned: int = 0  # hung requests whose client (the façade) closed the connection
     open_hangs: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -161,7 +162,10 @@ class ScriptedEngine:
                         task = asyncio.current_task()
                         assert task is not None
                         self.counts.open_hangs.add(task)  # type: ignore[arg-type]
-                        await asyncio.Event().wait()
+                        await reader.read()  # until the client closes the connection
+                        self.counts.abandoned += 1
+                        self.counts.open_hangs.discard(task)  # type: ignore[arg-type]
+                        return
                     else:
                         self.counts.answered += 1
                         writer.write(_chat(bool(request.get("stream")), self.model))
