@@ -20,7 +20,9 @@ from typing import Any, Protocol
 import aiohttp
 
 from vllama.config import EngineConfig, Settings
+from vllama.names import strip_latest
 from vllama.upstream import discovery
+from vllama.upstream.aliases import Aliases
 from vllama.upstream.balancer import LeastOutstanding
 from vllama.upstream.breaker import BreakerState, CircuitBreaker
 from vllama.upstream.client import MAX_ERROR_BODY, error_message, make_session
@@ -96,6 +98,7 @@ class EnginePool:
     def __init__(self, settings: Settings, metrics: EngineMetrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        self.aliases = Aliases(settings.aliases)  # configured, plus /api/copy's at runtime
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
         self._balancer = LeastOutstanding()
@@ -160,8 +163,8 @@ class EnginePool:
         return list(self._served.values())
 
     def resolve(self, name: str) -> ServedModel:
-        target = self._settings.resolve_alias(name)
-        for candidate in (target, target.removesuffix(":latest")):
+        target = self.aliases.resolve(name)
+        for candidate in (target, strip_latest(target)):
             if candidate in self._served:
                 return self._served[candidate]
         self.request_refresh()

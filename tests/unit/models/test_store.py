@@ -1,5 +1,5 @@
 """The model store against a STAND-IN hub on 127.0.0.1 (the real hub is unreachable here):
-pull (blocking and Ollama-style progress), resume, list, delete, copy, and the errors for
+pull (blocking and Ollama-style progress), resume, list, delete, and the errors for
 gated/private models and an unreachable hub."""
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from vllama.models.store import (
     ModelInUse,
     ModelNotInStore,
     ModelStore,
-    StoreError,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -174,11 +173,3 @@ def test_demo_model_is_listed_and_removable(tmp_path: Path) -> None:
         store.delete("vllama-demo:latest", serving={"vllama-demo"})
     assert store.delete("vllama-demo", serving=()) == model.size_bytes
     assert not demo.exists()
-
-
-def test_copy_makes_an_alias(store: ModelStore) -> None:
-    assert store.copy("Qwen/Qwen2.5-0.5B-Instruct", "qwen:latest") == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert store.settings.resolve_alias("qwen") == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert store.settings.resolve_alias("qwen:latest") == "Qwen/Qwen2.5-0.5B-Instruct"
-    with pytest.raises(StoreError):
-        store.copy("a", "a")
