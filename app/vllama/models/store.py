@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama.config import Settings
-from vllama.engine.demo_model import DEMO_MODEL_NAME, default_demo_dir, is_built
+from vllama.demo import DEMO_MODEL_NAME, demo_dir, is_demo_dir
 from vllama.names import strip_latest
 
 Progress = dict[str, Any]
@@ -67,13 +67,6 @@ class StoredModel:
         out = asdict(self)
         out["revisions"] = list(self.revisions)
         return out
-
-
-def demo_dir(settings: Settings) -> Path:
-    """Where `serve --demo` builds the demo model: next to the hub cache when one is set."""
-    if settings.cache_dir is not None:
-        return settings.cache_dir / DEMO_MODEL_NAME
-    return default_demo_dir()
 
 
 def hub_endpoint() -> str:
@@ -303,7 +296,7 @@ class ModelStore:
                     )
                 )
         demo = demo_dir(self.settings)
-        if is_built(demo):
+        if is_demo_dir(demo):
             size, files, modified = _dir_size(demo)
             out.append(StoredModel(DEMO_MODEL_NAME, str(demo), size, files, modified, (), "demo"))
         return out

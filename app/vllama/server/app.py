@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from vllama import __version__
 from vllama.config import Settings
+from vllama.models.info import read_model_config
 from vllama.observability.metrics import Metrics
 from vllama.security.keys import KeyStore
 from vllama.server.errors import install_error_handlers
@@ -28,7 +29,9 @@ from vllama.upstream.pool import EnginePool
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
-    pool = EnginePool(settings, metrics)
+    pool = EnginePool(
+        settings, metrics, model_config=lambda root: read_model_config(root, settings.cache_dir)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +45,11 @@ _RETRY_ON = (
     aiohttp.ServerDisconnectedError,
     aiohttp.ConnectionTimeoutError,
 )
+
+
+# config.json of the model an engine loaded from `root` (a path or a repo id), or None.
+# The pool reads no files itself: create_app passes models.info's reader in.
+ModelConfigReader = Callable[[str | None], dict[str, Any] | None]
 
 
 class EngineMetrics(Protocol):
@@ -95,9 +100,16 @@ class Engine:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, metrics: EngineMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: EngineMetrics | None = None,
+        *,
+        model_config: ModelConfigReader | None = None,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._model_config = model_config  # None: kinds come from the engines alone
         self.aliases = Aliases(settings.aliases)  # configured, plus /api/copy's at runtime
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
@@ -266,14 +278,16 @@ class EnginePool:
             return
         if engine.kind is None:
             engine.kind = await discovery.probe_kind(self.session, engine.config, timeout)
-        if engine.kind is None:
+        if engine.kind is None and self._model_config is not None:
             cards = [
                 discovery.ModelCard(
                     c.id,
                     c.max_model_len,
                     c.root,
                     c.created,
-                    await asyncio.to_thread(_kind_from_files, c.root, self._settings),
+                    discovery.kind_from_architectures(
+                        await asyncio.to_thread(self._model_config, c.root)
+                    ),
                 )
                 for c in cards
             ]
@@ -441,12 +455,6 @@ class EnginePool:
                 yield UpstreamResponse(resp.status, resp.headers, engine.url, chunks)
             finally:
                 await chunks.aclose()
-
-
-def _kind_from_files(root: str | None, settings: Settings) -> str | None:
-    from vllama.models.info import read_model_config
-
-    return discovery.kind_from_architectures(read_model_config(root, settings.cache_dir))
 
 
 def _lost(engine: Engine, exc: BaseException) -> EngineConnectionError:

@@ -173,3 +173,12 @@ def test_demo_model_is_listed_and_removable(tmp_path: Path) -> None:
         store.delete("vllama-demo:latest", serving={"vllama-demo"})
     assert store.delete("vllama-demo", serving=()) == model.size_bytes
     assert not demo.exists()
+
+
+def test_a_demo_of_an_older_recipe_is_on_disk_too(tmp_path: Path) -> None:
+    demo = tmp_path / demo_model.DEMO_MODEL_NAME
+    demo.mkdir()
+    (demo / "vllama-demo.json").write_text(json.dumps({"fingerprint": "older"}))
+    store = ModelStore(Settings.model_validate({"cache_dir": tmp_path}))
+    assert [m.name for m in store.list()] == ["vllama-demo"]  # listed, so `rm` can free it
+    assert not demo_model.is_built(demo)  # while `serve --demo` rebuilds it
