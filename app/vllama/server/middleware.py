@@ -48,7 +48,14 @@ from vllama.security.limits import (
 from vllama.server import jsonbody
 from vllama.server.body import BodyError, ClientGone, Replay, read_body, too_large_message
 from vllama.server.cost import Bounds, TooCostly, request_weight
-from vllama.server.errors import error_body_for_path
+from vllama.server.errors import error_body_for_path, is_openai_path
+from vllama.server.route_table import (
+    ADMIN_ROUTES,
+    INFERENCE_ROUTES,
+    KNOWN_ROUTES,
+    OPEN_PATHS,
+    PREFIX_ROUTES,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,44 +63,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Routes that reach an engine: the only ones that are rate limited and queued.
-INFERENCE_ROUTES = frozenset(
-    {
-        "/api/chat",
-        "/api/generate",
-        "/api/embed",
-        "/api/embeddings",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-    }
-)
-# Open even when keys are configured: clients probe these before they have a key.
-OPEN_PATHS = frozenset({"/", "/api/version", "/health", "/health/ready"})
-# Route label values; any other path is "other" so scanners cannot blow up cardinality.
-KNOWN_ROUTES = INFERENCE_ROUTES | {
-    "/",
-    "/api/version",
-    "/api/tags",
-    "/api/ps",
-    "/api/show",
-    "/api/pull",
-    "/api/push",
-    "/api/create",
-    "/api/copy",
-    "/api/delete",
-    "/v1/models",
-    "/health",
-    "/health/ready",
-    "/metrics",
-    "/openapi.json",
-}
-_PREFIX_ROUTES = (("/v1/models/", "/v1/models/{model}"), ("/api/blobs/", "/api/blobs/{digest}"))
+# Any path not in the route table is labelled "other": scanners cannot blow up cardinality.
 OTHER_ROUTE = "other"
-# Routes that change the model store or routing: admin keys only (when keys are on).
-ADMIN_ROUTES = frozenset(
-    {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}"}
-)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Bodies larger than this are parsed in a worker thread: the event loop keeps serving.
 _PARSE_INLINE_MAX = 1024 * 1024
@@ -102,14 +73,14 @@ _PARSE_INLINE_MAX = 1024 * 1024
 def route_label(path: str) -> str:
     if path in KNOWN_ROUTES:
         return path
-    for prefix, label in _PREFIX_ROUTES:
+    for prefix, label in PREFIX_ROUTES:
         if path.startswith(prefix):
             return label
     return OTHER_ROUTE
 
 
 def api_label(path: str) -> str:
-    if path.startswith("/v1/") or path == "/v1":
+    if is_openai_path(path):
         return "openai"
     if path == "/" or path.startswith("/api/"):
         return "ollama"
