@@ -102,6 +102,7 @@ class ScriptedEngine:
         self.script = script
         self.model = model
         self.counts = Counts()
+        self.last_request: dict[str, object] | None = None  # the last body it was sent
         self._server: asyncio.Server | None = None
         self.url = ""
 
@@ -143,6 +144,8 @@ class ScriptedEngine:
                     writer.write(_response(200, _models(self.model)))
                 elif path.startswith("/v1/") and method == "POST":
                     request = json.loads(body or b"{}")
+                    if request:
+                        self.last_request = request
                     if request == {}:  # discovery's probe: a generating engine refuses it
                         writer.write(_response(400, b'{"error": {"message": "bad", "code": 400}}'))
                     elif self.script.stall_stream and request.get("stream"):

@@ -38,6 +38,9 @@ class EngineConfig(BaseModel):
     models: list[str] = Field(default_factory=list)
     # Sent upstream as `Authorization: Bearer` when the engine was started with --api-key.
     api_key: str | None = None
+    # What the engine loads (a repo id or a path), when known: `vllama serve` sets it for
+    # the engines it supervises. /api/delete never removes it, reachable or not.
+    source: str | None = None
     # What the engine was started with, for /api/show capabilities (vLLM does not report
     # tool/reasoning parsers). "completion"/"embedding" are detected when not given.
     capabilities: list[Literal["completion", "embedding", "tools", "thinking", "vision"]] = Field(
@@ -127,6 +130,7 @@ class Settings(BaseModel):
     max_messages: int = Field(4096, ge=1)  # chat messages per request
     max_images: int = Field(64, ge=0)  # images per request (/api and /v1 alike)
     max_choices: int = Field(16, ge=1)  # `n` / `best_of`; each choice also takes a key slot
+    max_aliases: int = Field(256, ge=0)  # aliases /api/copy may add while the server runs
 
     # Browsers (security/browser.py): Ollama's defaults plus these. Origins as Ollama's
     # OLLAMA_ORIGINS (`https://app.example.com`, `http://localhost:*`, `*`); hosts are extra

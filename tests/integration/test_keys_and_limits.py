@@ -352,3 +352,122 @@ def test_body_limit_is_413_in_each_shape(chat_engine: Engine, embed_engine: Engi
     assert "content-length" not in streamed.request.headers
     assert "max_body_bytes" in streamed.json()["error"]["message"]
     assert small.status_code == 200
+
+
+OPS = "sk-ops-admin-1f9c"
+
+
+@pytest.fixture(scope="module")
+def with_admins(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
+    with run_facade(
+        engines=engines(chat_engine, embed_engine),
+        api_keys=KEYS,
+        admin_keys=[{"name": "ops", "key": OPS}],
+        max_aliases=5,
+    ) as url:
+        yield url
+
+
+def test_client_keys_infer_and_read_admin_keys_also_administer(with_admins: str) -> None:
+    # Issue 13: any client key could pull, delete and rewrite every key's aliases.
+    alice = {"x-api-key": ALICE}
+    ops = {"Authorization": f"Bearer {OPS}"}
+    with httpx.Client(base_url=with_admins, timeout=60) as c:
+        for method, path, body in (
+            ("POST", "/api/pull", {"model": CHAT, "stream": False}),
+            ("POST", "/api/copy", {"source": CHAT, "destination": "mine"}),
+            ("DELETE", "/api/delete", {"model": "mine"}),
+            ("POST", "/api/create", {"model": "x"}),
+            ("POST", "/api/push", {"model": "x"}),
+            ("POST", "/api/blobs/sha256:00", None),
+        ):
+            refused = c.request(method, path, json=body, headers=alice)
+            assert refused.status_code == 403, (path, refused.text)
+            assert "API key 'alice' may run models and read" in refused.json()["error"]
+        assert (
+            c.post(
+                "/api/chat", json={"model": CHAT, "messages": [], "stream": False}, headers=alice
+            ).status_code
+            == 200
+        )
+        assert c.get("/api/tags", headers=alice).status_code == 200
+        # An admin key does what it may; the alias it makes is every key's.
+        assert c.post("/api/pull", json={"model": CHAT, "stream": False}, headers=ops).json() == {
+            "status": "success"
+        }
+        assert (
+            c.post(
+                "/api/copy", json={"source": CHAT, "destination": "team:v1"}, headers=ops
+            ).status_code
+            == 200
+        )
+        names = [m["name"] for m in c.get("/api/tags", headers=alice).json()["models"]]
+        assert "team:v1" in names
+        assert (
+            c.request("DELETE", "/api/delete", json={"model": "team:v1"}, headers=ops).status_code
+            == 200
+        )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bad\r\nname", "../../etc/passwd", "$(id)", "a;rm -rf ~", "x" * 10_000, "café", "ns.x/m"],
+)
+def test_aliases_follow_ollamas_name_rules(with_admins: str, name: str) -> None:
+    ops = {"Authorization": f"Bearer {OPS}"}
+    r = httpx.post(
+        f"{with_admins}/api/copy",
+        json={"source": CHAT, "destination": name},
+        headers=ops,
+        timeout=30,
+    )
+    assert r.status_code == 400 and "invalid model name" in r.json()["error"]
+    tags = httpx.get(f"{with_admins}/api/tags", headers=ops, timeout=30).text
+    assert name not in tags
+
+
+def test_aliases_added_at_runtime_are_bounded(with_admins: str) -> None:
+    # Issue 13: thousands of 10 KB aliases made /api/tags 81 MB.
+    ops = {"Authorization": f"Bearer {OPS}"}
+    with httpx.Client(base_url=with_admins, timeout=30, headers=ops) as c:
+        codes = [
+            c.post("/api/copy", json={"source": CHAT, "destination": f"bulk-{i}"}).status_code
+            for i in range(8)
+        ]
+        over = c.post("/api/copy", json={"source": CHAT, "destination": "bulk-over"})
+        again = c.post("/api/copy", json={"source": EMBED, "destination": "bulk-0"})  # repoint
+        for i in range(8):
+            c.request("DELETE", "/api/delete", json={"model": f"bulk-{i}"})
+        after = c.post("/api/copy", json={"source": CHAT, "destination": "bulk-after"})
+        c.request("DELETE", "/api/delete", json={"model": "bulk-after"})
+    assert codes == [200] * 5 + [400] * 3  # max_aliases=5
+    assert over.status_code == 400 and "max_aliases" in over.json()["error"]
+    assert again.status_code == 200
+    assert after.status_code == 200  # deleting gave the room back
+
+
+def test_a_client_cannot_pick_its_own_priority() -> None:
+    # Issue 13: `priority` in a /v1 body went to vLLM as sent; scheduling is the key's.
+    with (
+        scripted_engine_thread(Script()) as engine,
+        run_facade(
+            engines=[{"url": engine.url}],
+            api_keys=KEYS,
+            health_interval_s=60,
+        ) as url,
+    ):
+        body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "priority": -1000}
+        for headers, expected in (({"x-api-key": ALICE}, None), ({"x-api-key": SOLO}, 5)):
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            assert engine.last_request is not None
+            assert engine.last_request.get("priority") == expected
+            ollama_body = {"model": CHAT, "messages": body["messages"], "stream": False}
+            r = httpx.post(
+                f"{url}/api/chat",
+                json={**ollama_body, "priority": -1000},
+                headers=headers,
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            assert engine.last_request.get("priority") == expected

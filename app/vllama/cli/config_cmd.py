@@ -25,6 +25,7 @@ DESCRIPTIONS: dict[str, str] = {
     "max_messages": "Chat messages one request may carry (400 above it).",
     "max_images": "Images one request may carry (400 above it).",
     "max_choices": "Largest n / best_of (400 above it); each choice counts against a key's max_concurrency.",
+    "max_aliases": "Aliases /api/copy may add while the server runs (400 above it).",
     "allowed_origins": "Web origins allowed besides Ollama's defaults (like OLLAMA_ORIGINS; '*': any).",
     "allowed_hosts": "Host names accepted while listening on loopback, besides Ollama's local ones ('*': any).",
     "max_header_bytes": "Largest request line + headers (431 above it).",

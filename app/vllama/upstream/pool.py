@@ -127,7 +127,8 @@ class EnginePool:
         self._settings = settings
         self._metrics = metrics
         self._model_config = model_config  # None: kinds come from the engines alone
-        self.aliases = Aliases(settings.aliases)  # configured, plus /api/copy's at runtime
+        # Configured, plus /api/copy's at runtime (bounded by max_aliases).
+        self.aliases = Aliases(settings.aliases, limit=settings.max_aliases)
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
         self._balancer = LeastOutstanding()
@@ -198,6 +199,30 @@ class EnginePool:
     def all_models(self) -> list[ServedModel]:
         """Every model any engine was seen to serve, healthy or not."""
         return list(self._served.values())
+
+    def possibly_served(self) -> tuple[set[str], list[str]]:
+        """What any configured engine may be serving, reachable or not: model ids, aliases
+        of them, and what the engines load (discovered roots, configured sources); and the
+        engines that cannot tell (never discovered, nothing configured about their files).
+
+        Deleting files must consult this, never only the live engine list: an engine that
+        is down right now still serves its files when it comes back.
+        """
+        names: set[str] = set()
+        unknown: list[str] = []
+        for e in self._engines:
+            names.update(e.config.models)
+            if e.config.source:
+                names.add(e.config.source)
+            if e.cards is not None:
+                for card in e.cards:
+                    names.add(card.id)
+                    if card.root:
+                        names.add(card.root)
+            elif not e.config.source:
+                unknown.append(e.url)
+        names.update(alias for alias, target in self.aliases.items() if target in names)
+        return names, unknown
 
     def resolve(self, name: str) -> ServedModel:
         target = self.aliases.resolve(name)
@@ -462,6 +487,14 @@ class EnginePool:
         message, param = safe_engine_message(resp.status, text)
         return EngineHTTPError(resp.status, message, param=param)
 
+    async def _encode(
+        self, model: ServedModel, body: dict[str, Any], large: bool, **extra: Any
+    ) -> bytes:
+        """The upstream body; a large one is encoded in a worker thread (event loop free)."""
+        if large:
+            return await asyncio.to_thread(self._json_body, model, body, **extra)
+        return self._json_body(model, body, **extra)
+
     def _json_body(self, model: ServedModel, body: dict[str, Any], **extra: Any) -> bytes:
         return json.dumps({**body, "model": model.id, **extra}, ensure_ascii=False).encode()
 
@@ -476,8 +509,9 @@ class EnginePool:
         body: dict[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        large: bool = False,
     ) -> dict[str, Any]:
-        data = self._json_body(model, body)
+        data = await self._encode(model, body, large)
         async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
@@ -499,8 +533,9 @@ class EnginePool:
         body: dict[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        large: bool = False,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        data = self._json_body(model, body, stream=True)
+        data = await self._encode(model, body, large, stream=True)
         async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)

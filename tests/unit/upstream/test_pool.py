@@ -344,3 +344,26 @@ async def test_engine_error_text_never_reaches_the_client(
     with pytest.raises(EngineHTTPError) as exc:
         await pool.post_json(model, "/v1/chat/completions", {"fail_with": 400})
     assert exc.value.status == 400 and "/srv/" not in exc.value.message
+
+
+async def test_what_engines_may_serve_includes_the_unreachable(make_pool: Factory) -> None:
+    # /api/delete consults this (issue 13's data loss): an engine that is down still
+    # serves its files when it comes back.
+    pool, (live,) = await make_pool(["chat-a"], aliases={"friendly": "chat-a"})
+    served, unknown = pool.possibly_served()
+    assert {"chat-a", "/m", "friendly"} <= served and unknown == []
+    await live.stop()  # it goes down: what it was seen serving still counts
+    await pool.refresh()
+    assert not pool.engines()[0].healthy
+    assert {"chat-a", "/m"} <= pool.possibly_served()[0]
+
+
+async def test_engines_that_never_answered_make_it_unknown(make_pool: Factory) -> None:
+    pool, _ = await make_pool(["chat-a"], dead=1)
+    dead = next(e for e in pool.engines() if e.cards is None)
+    assert pool.possibly_served()[1] == [dead.url]
+    source = Settings.model_validate(
+        {"engines": [{"url": dead.url, "models": ["qwen"], "source": "/srv/models/qwen"}]}
+    )
+    known = EnginePool(source)  # a supervised engine: what it loads is configured
+    assert known.possibly_served() == ({"qwen", "/srv/models/qwen"}, [])
