@@ -140,6 +140,16 @@ def engine_gauges(engine: Engine) -> dict[str, float]:
     return out
 
 
+def assert_aborted(engine: Engine, before: dict[str, float]) -> None:
+    """The client is gone: the engine's running count drops back quickly, because its
+    requests were aborted, not because they ran to their end (that counts "length")."""
+    took = wait_for("engine request gone", lambda: engine_gauges(engine)["running"] == 0, 10)
+    assert took < 2.5
+    after = engine_gauges(engine)
+    assert after.get("length", 0) == before.get("length", 0)
+    assert after.get("stop", 0) == before.get("stop", 0)
+
+
 @pytest.mark.slow
 def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine) -> None:
     # A generation that would take seconds (n=4 x 480 tokens, ignore_eos); the hang-up
@@ -162,15 +172,7 @@ def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine) -> Non
             lines = r.iter_lines()
             for _ in range(3):
                 next(lines)
-        # The client is gone: the engine's running count drops back quickly...
-        took = wait_for(
-            "engine request gone", lambda: engine_gauges(own_chat_engine)["running"] == 0, 5
-        )
-        assert took < 2.5
-        # ...because it was aborted, not because it ran to its end (that counts "length").
-        after = engine_gauges(own_chat_engine)
-        assert after.get("length", 0) == before.get("length", 0)
-        assert after.get("stop", 0) == before.get("stop", 0)
+        assert_aborted(own_chat_engine, before)
 
 
 @pytest.mark.slow
@@ -201,15 +203,7 @@ def test_client_gone_before_a_non_streamed_answer_aborts_the_engine_request(
             wait_for(
                 "the engine at work", lambda: engine_gauges(own_chat_engine)["running"] > 0, 30
             )
-        # The client is gone: the engine's running count drops back quickly...
-        took = wait_for(
-            "engine request gone", lambda: engine_gauges(own_chat_engine)["running"] == 0, 10
-        )
-        assert took < 2.5
-        # ...because it was aborted, not because it ran to its end (that counts "length").
-        after = engine_gauges(own_chat_engine)
-        assert after.get("length", 0) == before.get("length", 0)
-        assert after.get("stop", 0) == before.get("stop", 0)
+        assert_aborted(own_chat_engine, before)
         log = httpx.get(f"{url}/metrics", timeout=10).text
         assert metric(log, "vllama_requests_total", route="/v1/chat/completions", status="499") == 1
 
