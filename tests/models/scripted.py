@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,7 @@ def successors() -> dict[str, str]:
     out: dict[str, str] = {}
     for script in SCRIPTS:
         chain = [script.marker, *script.pieces, EOS]
-        for here, after in zip(chain, chain[1:], strict=False):
+        for here, after in itertools.pairwise(chain):
             if out.get(here, after) != after:
                 raise ValueError(f"{here!r} leads to both {out[here]!r} and {after!r}")
             out[here] = after

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vllama.translate.images import DEFAULT_MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class UpstreamCall:
@@ -22,6 +24,8 @@ class ModelTraits:
 
     max_model_len: int | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    # The façade's limit on one image's pixels (settings.max_image_pixels).
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
