@@ -46,11 +46,15 @@ def is_cpu_build() -> bool:
 
 
 def capabilities_from_args(args: Sequence[str]) -> list[str]:
-    """What /api/show should report for an engine started with `args` (vLLM cannot tell)."""
+    """What /api/show should report for an engine started with `args` (vLLM cannot tell).
+
+    Tool calls need --enable-auto-tool-choice: vLLM refuses to start it without a
+    --tool-call-parser, and with a parser alone it refuses `tool_choice: "auto"`.
+    """
     caps: list[str] = []
-    if any(a.startswith(("--tool-call-parser", "--enable-auto-tool-choice")) for a in args):
+    if has_flag(args, "--enable-auto-tool-choice"):
         caps.append("tools")
-    if any(a.startswith("--reasoning-parser") for a in args):
+    if has_flag(args, "--reasoning-parser"):
         caps.append("thinking")
     return caps
 

@@ -68,7 +68,11 @@ def test_user_flags_win_over_cpu_defaults() -> None:
 
 
 def test_parsers_become_capabilities() -> None:
-    assert capabilities_from_args(["--tool-call-parser", "hermes"]) == ["tools"]
+    # A parser alone: vLLM still refuses tool_choice "auto", so no tool calls arrive.
+    assert capabilities_from_args(["--tool-call-parser", "hermes"]) == []
+    assert capabilities_from_args(
+        ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    ) == ["tools"]
     assert capabilities_from_args(["--enable-auto-tool-choice", "--reasoning-parser=qwen3"]) == [
         "tools",
         "thinking",
