@@ -20,8 +20,6 @@ from typing import Any
 
 from vllama.translate.errors import TranslationError
 
-# 8K UHD (7680 x 4320): above any camera photo a chat client sends, under Pillow's limits.
-DEFAULT_MAX_PIXELS = 7680 * 4320
 FORMATS = "PNG, JPEG, WebP or GIF"
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -129,7 +127,7 @@ def _decode(text: str) -> bytes:
         raise ImageError(f"not valid base64 ({exc})") from None
 
 
-def image_part(raw: Any, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+def image_part(raw: Any, field: str, max_pixels: int) -> dict[str, Any]:
     """One Ollama image (base64, or a base64 data URL) → an OpenAI image_url part."""
     if not isinstance(raw, str) or not raw:
         raise TranslationError(f'"{field}" must be a base64-encoded image', field)

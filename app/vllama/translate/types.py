@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vllama.translate.images import DEFAULT_MAX_PIXELS
+from vllama.config import DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ModelTraits:
     max_model_len: int | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
     # The façade's limit on one image's pixels (settings.max_image_pixels).
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)

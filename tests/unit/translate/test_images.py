@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vllama.config import DEFAULT_MAX_IMAGE_PIXELS
 from vllama.translate import TranslationError
 from vllama.translate.images import ImageError, image_part, inspect
+
+LIMIT = 1_000_000
 
 
 def encoded(fmt: str, size: tuple[int, int] = (37, 21), **save: object) -> bytes:
@@ -64,12 +67,12 @@ def test_webp_with_an_extended_header_vp8x() -> None:
 
 def test_the_part_carries_the_real_type_whatever_the_client_declared() -> None:
     jpeg = encoded("JPEG")
-    part = image_part(f"data:image/png;base64,{b64(jpeg)}", "images[0]")
+    part = image_part(f"data:image/png;base64,{b64(jpeg)}", "images[0]", LIMIT)
     assert part == {
         "type": "image_url",
         "image_url": {"url": f"data:image/jpeg;base64,{b64(jpeg)}"},
     }
-    assert image_part(b64(jpeg), "images[0]") == part
+    assert image_part(b64(jpeg), "images[0]", LIMIT) == part
 
 
 @pytest.mark.parametrize(
@@ -89,7 +92,7 @@ def test_the_part_carries_the_real_type_whatever_the_client_declared() -> None:
 )
 def test_unusable_images_are_named(raw: object, problem: str) -> None:
     with pytest.raises(TranslationError) as err:
-        image_part(raw, "messages[1].images[0]")
+        image_part(raw, "messages[1].images[0]", LIMIT)
     assert err.value.field == "messages[1].images[0]"
     assert err.value.message.startswith('"messages[1].images[0]"')
     assert problem in err.value.message
@@ -98,7 +101,7 @@ def test_unusable_images_are_named(raw: object, problem: str) -> None:
 def test_a_decompression_bomb_is_refused_before_the_engine_decodes_it() -> None:
     # vLLM 0.32 answered 500 to this 14000x14000 PNG header (Pillow's bomb check).
     with pytest.raises(TranslationError) as err:
-        image_part(b64(bomb_png(14000, 14000)), "images[0]")
+        image_part(b64(bomb_png(14000, 14000)), "images[0]", DEFAULT_MAX_IMAGE_PIXELS)
     assert "14000x14000 image (196000000 pixels)" in err.value.message
     assert "max_image_pixels" in err.value.message
 

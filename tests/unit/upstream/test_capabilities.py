@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
+from vllama.config import EngineConfig
+from vllama.upstream.breaker import CircuitBreaker
 from vllama.upstream.capabilities import Detected, probes, verdict, vision_in_config
+from vllama.upstream.discovery import ModelCard
+from vllama.upstream.pool import Engine
 
 
 def refusal(message: str) -> dict[str, Any]:
@@ -78,3 +82,29 @@ def test_vision_comes_from_the_vision_config() -> None:
     assert vision_in_config({"model_type": "idefics3", "vision_config": {"patch_size": 8}})
     assert not vision_in_config({"model_type": "llama"})
     assert not vision_in_config(None)
+
+
+def _engine(capabilities: list[str] | None) -> Engine:
+    config = EngineConfig.model_validate({"url": "http://e:1", "capabilities": capabilities})
+    return Engine(config, CircuitBreaker(3, 5.0))
+
+
+CARD = ModelCard("m", 512, None, 0, "completion")
+
+
+def test_the_pool_reports_what_the_probes_found_when_nothing_is_configured() -> None:
+    engine = _engine(None)
+    assert engine.wants_probe and engine.capabilities(CARD) == {"completion"}
+    engine.detected = Detected({"tools": True, "vision": None, "thinking": True})
+    assert engine.capabilities(CARD) == {"completion", "tools", "thinking"}
+    assert engine.wants_probe  # vision still unknown: asked again at the next discovery
+    engine.detected = Detected({"tools": True, "vision": False, "thinking": True})
+    assert not engine.wants_probe
+
+
+@pytest.mark.parametrize("declared", [[], ["vision"]])
+def test_a_configured_list_overrides_and_is_never_probed(declared: list[str]) -> None:
+    engine = _engine(declared)  # engines vllama starts give their arguments' list this way
+    engine.detected = Detected({"tools": True, "vision": True, "thinking": True})
+    assert not engine.wants_probe
+    assert engine.capabilities(CARD) == {"completion", *declared}

@@ -130,8 +130,12 @@ def _record_usage(request: Request, model: str, prompt: int, completion: int) ->
         metrics.add_tokens(model, prompt, completion)
 
 
-def _traits(card: ServedModel) -> ModelTraits:
-    return ModelTraits(max_model_len=card.max_model_len, capabilities=card.capabilities)
+def _traits(request: Request, card: ServedModel) -> ModelTraits:
+    return ModelTraits(
+        max_model_len=card.max_model_len,
+        capabilities=card.capabilities,
+        max_image_pixels=request.app.state.settings.max_image_pixels,
+    )
 
 
 def _line(obj: Mapping[str, Any]) -> bytes:
@@ -252,7 +256,7 @@ async def generation(request: Request, *, kind: str) -> Response:
         if "embedding" in card.capabilities and "completion" not in card.capabilities:
             raise _Refused(400, f'"{name}" does not support {kind}: it is an embedding model')
         translate = to_openai.chat_request if kind == "chat" else to_openai.generate_request
-        call = _with_priority(request, translate(body, _traits(card)))
+        call = _with_priority(request, translate(body, _traits(request, card)))
         stream = body.get("stream") is not False
     except Exception as exc:
         return _error(request, exc)
