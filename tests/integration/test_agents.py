@@ -89,7 +89,8 @@ def test_capabilities_are_detected_from_the_engines_not_configured(facade: str) 
     c = client(facade)
     assert c.show(MODEL).capabilities == ["completion", "tools", "thinking", "vision"]
     assert c.show(DEMO).capabilities == ["completion"]
-    tags = {m.model: m.capabilities for m in c.list().models}
+    listed = httpx.get(f"{facade}/api/tags", timeout=30).json()["models"]
+    tags = {m["model"]: m["capabilities"] for m in listed}
     assert tags[f"{MODEL}:latest"] == ["completion", "tools", "thinking", "vision"]
     assert tags[f"{DEMO}:latest"] == ["completion"]
 
@@ -97,10 +98,11 @@ def test_capabilities_are_detected_from_the_engines_not_configured(facade: str) 
 def test_a_configured_list_overrides_the_probes(scripted_engine: Engine) -> None:
     with run_facade(engines=[{"url": scripted_engine.url, "capabilities": ["vision"]}]) as url:
         assert client(url).show(MODEL).capabilities == ["completion", "vision"]
-        # Without "tools" the façade sends tool_choice "none": the model answers in text.
+        # Without "tools" the façade sends tool_choice "none": vLLM does not parse, and the
+        # call comes back as text (what agents got before capabilities were detected).
         answer = client(url).chat(model=MODEL, messages=ASK, tools=[WEATHER])
         assert not answer.message.tool_calls
-        assert answer.message.content == scripted.ANSWER_TEXT
+        assert answer.message.content.startswith("<tool_call>")
 
 
 # --- tool calls ----------------------------------------------------------------------------
@@ -242,10 +244,10 @@ def test_thinking_and_content_arrive_apart(
         chat_content = "".join(p.message.content or "" for p in chat)
         gen_thinking = "".join(p.thinking or "" for p in gen)
         gen_content = "".join(p.response for p in gen)
-        if reasoning:  # thinking streams first, then the answer
+        if reasoning:  # thinking streams first, then the answer (a chunk may carry the seam)
             first_answer = next(i for i, p in enumerate(chat) if p.message.content)
-            assert all(not p.message.content for p in chat[:first_answer])
-            assert all(not p.message.thinking for p in chat[first_answer:])
+            assert chat[0].message.thinking
+            assert all(not p.message.thinking for p in chat[first_answer + 1 :])
     else:
         one = c.chat(model=MODEL, messages=ASK, think=think)
         two = c.generate(model=MODEL, prompt="Why?", think=think)
