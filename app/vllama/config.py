@@ -18,6 +18,8 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vllama.names import resolve_alias
+
 ENV_PREFIX = "VLLAMA_"
 DEFAULT_PORT = 11434  # Ollama's port: every Ollama client's default
 DEFAULT_MAX_IMAGE_PIXELS = 7680 * 4320
@@ -128,12 +130,8 @@ class Settings(BaseModel):
     ollama_version: str = "0.9.0"
 
     def resolve_alias(self, name: str) -> str:
-        """The engine's model name for `name`, with or without an Ollama `:tag`."""
-        if name in self.aliases:
-            return self.aliases[name]
-        if name.endswith(":latest") and name[: -len(":latest")] in self.aliases:
-            return self.aliases[name[: -len(":latest")]]
-        return name
+        """The configured target of `name`, with or without `:latest` (vllama.names)."""
+        return resolve_alias(self.aliases, name)
 
 
 # --- loading ------------------------------------------------------------------------------

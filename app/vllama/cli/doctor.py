@@ -8,18 +8,18 @@ alone exit 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import socket
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vllama.cli.output import FAILED, OK, emit_json, facade_url, human_size
+from vllama.cli.client import facade_url, probe
+from vllama.cli.output import FAILED, OK, emit_json, human_size
+from vllama.cli.serve import bind_error
 from vllama.config import ConfigError, Settings
+from vllama.observability.gpu import probe_gpus
 
 Status = Literal["ok", "warn", "fail"]
 DISK_WARN_BYTES = 20 * 10**9
@@ -207,69 +207,27 @@ def evaluate(f: Facts) -> list[Check]:
 
 
 def _nvml(f: Facts) -> None:
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        f.nvml_error = "nvidia-ml-py is not installed"
-        return
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        f.nvml_error = f"NVML: {exc}"
-        return
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        f.driver = driver.decode() if isinstance(driver, bytes) else str(driver)
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(handle)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            f.gpus.append(
-                Gpu(
-                    i,
-                    name.decode() if isinstance(name, bytes) else str(name),
-                    int(mem.total),
-                    int(mem.free),
-                )
-            )
-    except Exception as exc:
-        f.nvml_error = f"NVML: {exc}"
-    finally:
-        with contextlib.suppress(Exception):  # best effort on a half-initialised NVML
-            pynvml.nvmlShutdown()
-
-
-def _get(url: str) -> tuple[int | None, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return int(resp.status), resp.read(200).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), str(exc.reason)
-    except OSError as exc:
-        return None, str(getattr(exc, "reason", exc))
+    found = probe_gpus()
+    f.driver, f.nvml_error = found.driver, found.reason
+    f.gpus = [Gpu(g.index, g.name, g.memory_total, g.memory_free) for g in found.gpus]
 
 
 def _port(f: Facts, settings: Settings) -> None:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((settings.host, settings.port))
-            return
-        except OSError:
-            f.port_free = False
-    status, body = _get(f"{facade_url(settings)}/")
+    if bind_error(settings.host, settings.port) is None:
+        return
+    f.port_free = False
+    status, body = probe(f"{facade_url(settings)}/")
     if status == 200 and "running" in body:
         f.port_answer = body.strip()
 
 
 def _engine(url: str) -> EngineFact:
-    status, body = _get(f"{url}/health")
+    status, body = probe(f"{url}/health")
     if status is None:
         return EngineFact(url, False, False, body)
     if status != 200:
         return EngineFact(url, True, False, f"/health answered {status}")
-    status, body = _get(f"{url}/v1/models")
+    status, body = probe(f"{url}/v1/models")
     return EngineFact(
         url, True, status == 200, "serves models" if status == 200 else f"/v1/models {status}"
     )

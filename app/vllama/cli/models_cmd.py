@@ -6,17 +6,8 @@ import argparse
 import time
 from typing import Any
 
-from vllama.cli.output import (
-    FAILED,
-    OK,
-    UNREACHABLE,
-    CliError,
-    emit_json,
-    facade_url,
-    human_size,
-    request_json,
-    table,
-)
+from vllama.cli.client import facade_url, request_json
+from vllama.cli.output import FAILED, OK, UNREACHABLE, CliError, emit_json, human_size, table
 from vllama.config import Settings
 from vllama.models.store import ModelStore, StoreError
 

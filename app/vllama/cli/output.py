@@ -1,15 +1,11 @@
-"""What every command shares: exit codes, printing (`--json`, `--quiet`), talking to the
-running façade, human sizes."""
+"""What every command shares: exit codes, errors, printing (`--json`, `--quiet`, tables),
+human sizes. Talking to the running façade is cli/client.py."""
 
 from __future__ import annotations
 
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
-
-from vllama.config import Settings
 
 # Exit codes (docs/cli.md lists them).
 OK = 0
@@ -47,40 +43,6 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
-
-
-def facade_url(settings: Settings) -> str:
-    host = settings.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"  # listening everywhere: reach it locally
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{settings.port}"
-
-
-def request_json(url: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0) -> Any:
-    """JSON from `url`; raises CliError(UNREACHABLE) when nothing answers, CliError(FAILED)
-    with the server's own message on an HTTP error."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read())
-            err = payload.get("error")
-            message = err.get("message") if isinstance(err, dict) else err
-        except (ValueError, AttributeError):
-            message = None
-        raise CliError(message or f"HTTP {exc.code} from {url}", FAILED) from exc
-    except (OSError, ValueError) as exc:
-        raise CliError(
-            f"no vllama answered at {url.split('/api')[0]} ({exc}); start it with "
-            "`vllama serve`, or point --host/--port at it",
-            UNREACHABLE,
-        ) from exc
 
 
 def fail(command: str, message: str) -> None:

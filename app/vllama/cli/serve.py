@@ -18,7 +18,8 @@ import threading
 from types import FrameType
 from typing import Any
 
-from vllama.cli.output import ENGINE_START, FAILED, OK, USAGE, CliError, facade_url
+from vllama.cli.client import facade_url
+from vllama.cli.output import ENGINE_START, FAILED, OK, USAGE, CliError
 from vllama.cli.progress import LoadProgress
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import PASSTHROUGH_FLAGS, EngineSpec, engine_spec, is_cpu_build
@@ -80,18 +81,26 @@ def _configure_logging(settings: Settings) -> None:
     configure_logging(settings)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why the façade could not listen on host:port now, or None when it could."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise CliError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); is vllama or Ollama already "
-                "running there? Stop it or pick another --port",
-                FAILED,
-            ) from exc
+            return exc
+    return None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    exc = bind_error(host, port)
+    if exc is not None:
+        raise CliError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); is vllama or Ollama already "
+            "running there? Stop it or pick another --port",
+            FAILED,
+        ) from exc
 
 
 def free_port() -> int:
@@ -108,8 +117,8 @@ def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLa
         for m in settings.models
     ]
     if args.demo:
-        from vllama.engine.demo_model import DEMO_MODEL_NAME, build_demo_model, is_built
-        from vllama.models.store import demo_dir
+        from vllama.demo import DEMO_MODEL_NAME, demo_dir
+        from vllama.engine.demo_model import build_demo_model, is_built
 
         path = demo_dir(settings)
         if not is_built(path):

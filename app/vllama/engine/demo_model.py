@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-DEMO_MODEL_NAME = "vllama-demo"
+from vllama.demo import DEMO_MODEL_NAME, MARKER_FILE, default_demo_dir
+
 # Bump when the recipe changes, so a cached build is rebuilt.
 RECIPE_VERSION = "1"
 
@@ -43,16 +44,13 @@ def add(a, b):
 """
 
 
-def default_demo_dir() -> Path:
-    return Path.home() / ".cache" / "vllama" / "models" / DEMO_MODEL_NAME
-
-
 def _fingerprint() -> str:
     return hashlib.sha256((RECIPE_VERSION + CHAT_TEMPLATE + _CORPUS).encode()).hexdigest()[:16]
 
 
 def is_built(path: Path) -> bool:
-    marker = path / "vllama-demo.json"
+    """A build of the current recipe is at `path`."""
+    marker = path / MARKER_FILE
     if not marker.is_file():
         return False
     try:
@@ -117,7 +115,7 @@ def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
     )
     model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(path, safe_serialization=True)
-    (path / "vllama-demo.json").write_text(
+    (path / MARKER_FILE).write_text(
         json.dumps({"name": DEMO_MODEL_NAME, "fingerprint": _fingerprint()}) + "\n"
     )
     return path

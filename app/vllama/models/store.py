@@ -1,7 +1,6 @@
 """The model store: models on disk in the Hugging Face cache, plus the demo model.
 
-`vllama pull/list/rm` and the façade's `/api/pull`, `/api/delete`, `/api/copy` all use
-`ModelStore`. Downloads go through huggingface_hub (resumable: interrupted files continue
+`vllama pull/list/rm` and the façade's `/api/pull` and `/api/delete` use `ModelStore`. Downloads go through huggingface_hub (resumable: interrupted files continue
 from their `.incomplete` part; `HF_TOKEN` and `HF_ENDPOINT` are honoured by the hub
 client). Hub failures become `StoreError`s whose message says what to do next.
 """
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from vllama.config import Settings
-from vllama.engine.demo_model import DEMO_MODEL_NAME, default_demo_dir, is_built
+from vllama.demo import DEMO_MODEL_NAME, demo_dir, is_demo_dir
+from vllama.names import strip_latest
 
 Progress = dict[str, Any]
 
@@ -69,21 +69,9 @@ class StoredModel:
         return out
 
 
-def demo_dir(settings: Settings) -> Path:
-    """Where `serve --demo` builds the demo model: next to the hub cache when one is set."""
-    if settings.cache_dir is not None:
-        return settings.cache_dir / DEMO_MODEL_NAME
-    return default_demo_dir()
-
-
 def hub_endpoint() -> str:
     """Read at call time (the hub client reads HF_ENDPOINT once, at import)."""
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def strip_tag(name: str) -> str:
-    """Ollama names carry a `:tag`; Hugging Face repo ids do not. `x:latest` -> `x`."""
-    return name[: -len(":latest")] if name.endswith(":latest") else name
 
 
 def _dir_size(path: Path) -> tuple[int, int, float]:
@@ -190,7 +178,7 @@ class ModelStore:
 
     def resolve(self, name: str) -> str:
         """The repo id for an Ollama-style name or alias."""
-        return strip_tag(self.settings.resolve_alias(name))
+        return strip_latest(self.settings.resolve_alias(name))
 
     # --- pull --------------------------------------------------------------------------
 
@@ -281,7 +269,7 @@ class ModelStore:
         # Records the branch/tag -> commit ref, so `list` and engines find the snapshot.
         snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir, endpoint=endpoint)
 
-    # --- list / find / delete / copy -----------------------------------------------------
+    # --- list / find / delete ----------------------------------------------------------
 
     def list(self) -> list[StoredModel]:
         from huggingface_hub import scan_cache_dir
@@ -308,14 +296,14 @@ class ModelStore:
                     )
                 )
         demo = demo_dir(self.settings)
-        if is_built(demo):
+        if is_demo_dir(demo):
             size, files, modified = _dir_size(demo)
             out.append(StoredModel(DEMO_MODEL_NAME, str(demo), size, files, modified, (), "demo"))
         return out
 
     def find(self, name: str) -> StoredModel | None:
         wanted = self.resolve(name)
-        return next((m for m in self.list() if m.name in (wanted, strip_tag(name))), None)
+        return next((m for m in self.list() if m.name in (wanted, strip_latest(name))), None)
 
     def delete(self, name: str, *, serving: Collection[str] = ()) -> int:
         """Remove a model from disk; return the bytes freed. `serving` holds what running
@@ -344,24 +332,13 @@ class ModelStore:
         shutil.rmtree(model.path, ignore_errors=True)
         return freed
 
-    def copy(self, source: str, destination: str) -> str:
-        """`ollama cp`: make `destination` an alias of `source` (for this process's
-        settings; put it under [aliases] in the config to keep it). Returns the target."""
-        target = self.settings.resolve_alias(source)
-        if not destination or destination == source:
-            raise StoreError("give a new name that differs from the source")
-        aliases = dict(self.settings.aliases)
-        aliases[strip_tag(destination)] = target
-        self.settings.aliases = aliases
-        return target
-
 
 def is_served(model: StoredModel, serving: Iterable[str]) -> bool:
     """True when any served id or engine root names this model (repo id, path or the
     cache folder `models--org--name`)."""
     cache_folder = "models--" + model.name.replace("/", "--")
     for item in serving:
-        item = strip_tag(item)
+        item = strip_latest(item)
         if item in (model.name, model.path) or cache_folder in item:
             return True
         if model.kind == "demo" and item.rstrip("/") == model.path.rstrip("/"):
@@ -370,9 +347,9 @@ def is_served(model: StoredModel, serving: Iterable[str]) -> bool:
 
 
 class ApiModelStore:
-    """The façade's seam (`app.state.model_store`, the protocol in server/routes/ollama.py):
-    `/api/pull` streams `pull(name)`, `/api/delete` awaits `delete(name)`. The route has
-    already refused models an engine serves."""
+    """The façade's seam (`app.state.model_store`, the protocol in
+    server/routes/ollama/management.py): `/api/pull` streams `pull(name)`, `/api/delete`
+    awaits `delete(name)`. The route has already refused models an engine serves."""
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store

@@ -17,19 +17,21 @@ from fastapi import FastAPI
 
 from vllama import __version__
 from vllama.config import Settings
+from vllama.models.info import read_model_config
 from vllama.observability.metrics import Metrics
 from vllama.security.keys import KeyStore
 from vllama.server.errors import install_error_handlers
 from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
-from vllama.server.routes import health, ollama, openai
-from vllama.server.routes import metrics as metrics_routes
+from vllama.server.route_table import api_router
 from vllama.upstream.pool import EnginePool
 
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
-    pool = EnginePool(settings, metrics)
+    pool = EnginePool(
+        settings, metrics, model_config=lambda root: read_model_config(root, settings.cache_dir)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,8 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.keys = KeyStore.from_settings(settings)
 
     install_error_handlers(app)
-    for module in (health, openai, ollama, metrics_routes):
-        app.include_router(module.router)
+    app.include_router(api_router())
     # add_middleware wraps from the inside out: FastRoutes runs inside the request context.
     app.add_middleware(FastRoutes)
     app.add_middleware(

@@ -1,14 +1,15 @@
-"""What routes take from `app.state` (set up by server.app.create_app), typed."""
+"""What routes take from `app.state` and `request.state` (set up by server.app.create_app
+and the middleware), typed, in one place for both APIs."""
 
 from __future__ import annotations
 
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from starlette.requests import Request
 
 from vllama.config import Settings
 from vllama.observability.metrics import StreamTimer
-from vllama.upstream.pool import EnginePool
+from vllama.upstream.pool import EnginePool, ServedModel
 
 
 class RouteMetrics(Protocol):
@@ -33,3 +34,31 @@ def get_metrics(request: Request) -> RouteMetrics | None:
 
 def get_started_at(request: Request) -> float:
     return cast(float, request.app.state.started_at)
+
+
+def resolve_model(request: Request, name: str) -> ServedModel:
+    """The served model for `name` (aliases included), noted for the access log and metrics."""
+    model = get_pool(request).resolve(name)
+    request.state.model = model.id
+    return model
+
+
+def upstream_headers(request: Request) -> dict[str, str]:
+    """Headers every engine request carries: the request id, so engine logs match ours."""
+    request_id = getattr(request.state, "request_id", None)
+    return {"X-Request-ID": request_id} if isinstance(request_id, str) else {}
+
+
+def set_priority(request: Request, body: dict[str, Any]) -> None:
+    """vLLM's priority scheduling: the API key's priority, when it has one."""
+    priority = getattr(getattr(request.state, "api_key", None), "priority", None)
+    if isinstance(priority, int):
+        body["priority"] = priority
+
+
+def record_usage(request: Request, model: str, prompt: int, completion: int) -> None:
+    """Token counts for the access log (`request.state.usage`) and the token counters."""
+    request.state.usage = (prompt, completion)
+    metrics = get_metrics(request)
+    if metrics is not None:
+        metrics.add_tokens(model, prompt, completion)

@@ -77,6 +77,12 @@ def error_response(
     )
 
 
+def upstream_error_response(path: str, exc: UpstreamError) -> Response:
+    """An engine-side failure: its status and message, and Retry-After when it has one."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return error_response(path, exc.status, exc.message, headers=headers)
+
+
 # --- exception handlers (installed by server.app.create_app) ------------------------------
 
 _V1_ROUTES = "/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models"
@@ -128,9 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def upstream_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, UpstreamError)
-        retry = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if isinstance(retry, int) else None
-        return error_response(request.url.path, exc.status, exc.message, headers=headers)
+        return upstream_error_response(request.url.path, exc)
 
     async def client_gone(request: Request, exc: Exception) -> Response:
         # The client hung up while sending its body (e.g. a proxy aborting an oversized

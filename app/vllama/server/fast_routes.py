@@ -11,29 +11,18 @@ RequestContextMiddleware, so keys, limits, request ids, access logs and metrics 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vllama.server import route_table
 from vllama.server.errors import client_gone_response
-from vllama.server.middleware import INFERENCE_ROUTES
-from vllama.server.routes import ollama, openai
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-ROUTES: dict[str, Handler] = {
-    "/v1/chat/completions": partial(openai.forward, route="/v1/chat/completions"),
-    "/v1/completions": partial(openai.forward, route="/v1/completions"),
-    "/v1/embeddings": partial(openai.forward, route="/v1/embeddings"),
-    "/api/chat": partial(ollama.generation, kind="chat"),
-    "/api/generate": partial(ollama.generation, kind="generate"),
-    "/api/embed": ollama.embed,
-    "/api/embeddings": ollama.embeddings,
-}
-# One list of inference routes: the middleware limits and queues the same ones.
-assert set(ROUTES) == INFERENCE_ROUTES, "fast routes and INFERENCE_ROUTES disagree"
+# The inference routes of the table: the same ones the middleware limits and queues.
+ROUTES: dict[str, Handler] = {r.path: r.endpoint for r in route_table.ROUTES if r.inference}
 
 
 class FastRoutes:

@@ -34,7 +34,8 @@ from vllama.security.limits import (
     client_address,
     retry_after_header,
 )
-from vllama.server.errors import error_body_for_path
+from vllama.server.errors import error_body_for_path, is_openai_path
+from vllama.server.route_table import INFERENCE_ROUTES, KNOWN_ROUTES, OPEN_PATHS, PREFIX_ROUTES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,52 +43,21 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Routes that reach an engine: the only ones that are rate limited and queued.
-INFERENCE_ROUTES = frozenset(
-    {
-        "/api/chat",
-        "/api/generate",
-        "/api/embed",
-        "/api/embeddings",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-    }
-)
-# Open even when keys are configured: clients probe these before they have a key.
-OPEN_PATHS = frozenset({"/", "/api/version", "/health", "/health/ready"})
-# Route label values; any other path is "other" so scanners cannot blow up cardinality.
-KNOWN_ROUTES = INFERENCE_ROUTES | {
-    "/",
-    "/api/version",
-    "/api/tags",
-    "/api/ps",
-    "/api/show",
-    "/api/pull",
-    "/api/push",
-    "/api/create",
-    "/api/copy",
-    "/api/delete",
-    "/v1/models",
-    "/health",
-    "/health/ready",
-    "/metrics",
-}
-_PREFIX_ROUTES = (("/v1/models/", "/v1/models/{model}"), ("/api/blobs/", "/api/blobs/{digest}"))
+# Any path not in the route table is labelled "other": scanners cannot blow up cardinality.
 OTHER_ROUTE = "other"
 
 
 def route_label(path: str) -> str:
     if path in KNOWN_ROUTES:
         return path
-    for prefix, label in _PREFIX_ROUTES:
+    for prefix, label in PREFIX_ROUTES:
         if path.startswith(prefix):
             return label
     return OTHER_ROUTE
 
 
 def api_label(path: str) -> str:
-    if path.startswith("/v1/") or path == "/v1":
+    if is_openai_path(path):
         return "openai"
     if path == "/" or path.startswith("/api/"):
         return "ollama"

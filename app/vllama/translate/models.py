@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from vllama.names import tagged
 from vllama.translate.responses import rfc3339_offset
 from vllama.translate.types import ModelCard, ModelFacts
 
@@ -14,11 +15,6 @@ from vllama.translate.types import ModelCard, ModelFacts
 FOREVER_UNIX = 32503680000.0  # 3000-01-01T00:00:00Z
 _CAPABILITY_ORDER = ("completion", "embedding", "tools", "thinking", "vision")
 _DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "float8_e4m3fn": "F8_E4M3"}
-
-
-def tagged(name: str) -> str:
-    """Ollama names carry a tag; untagged names are `:latest` (Open WebUI relies on it)."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def _config(facts: ModelFacts | None) -> Mapping[str, Any]:

@@ -1,7 +1,8 @@
 """What can go wrong upstream, as exceptions that carry the answer for the client.
 
 Every subclass has `status` (the HTTP status to answer with), `message` (said to the
-client, in the path's API shape) and `kind` (the `vllama_upstream_errors_total` label).
+client, in the path's API shape) and `kind` (the `vllama_upstream_errors_total` label);
+`retry_after` (seconds), when set, is sent as a Retry-After header.
 """
 
 from __future__ import annotations
@@ -10,14 +11,24 @@ from __future__ import annotations
 class UpstreamError(Exception):
     status: int = 502
     kind: str = "protocol"
+    retry_after: int | None = None
 
-    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        kind: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         if kind is not None:
             self.kind = kind
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class ModelNotFound(UpstreamError):
@@ -51,12 +62,3 @@ class EngineHTTPError(UpstreamError):
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message, status=status, kind="http_5xx" if status >= 500 else "http_4xx")
-
-
-class ServerBusy(UpstreamError):
-    status = 503
-    kind = "busy"
-
-    def __init__(self, retry_after: int = 1) -> None:
-        super().__init__("server busy, please try again.  maximum pending requests exceeded")
-        self.retry_after = retry_after

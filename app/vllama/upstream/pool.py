@@ -13,14 +13,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
 from vllama.config import EngineConfig, Settings
+from vllama.names import strip_latest
 from vllama.upstream import capabilities, discovery
+from vllama.upstream.aliases import Aliases
 from vllama.upstream.balancer import LeastOutstanding
 from vllama.upstream.breaker import BreakerState, CircuitBreaker
 from vllama.upstream.client import MAX_ERROR_BODY, error_message, make_session
@@ -43,6 +45,11 @@ _RETRY_ON = (
     aiohttp.ServerDisconnectedError,
     aiohttp.ConnectionTimeoutError,
 )
+
+
+# config.json of the model an engine loaded from `root` (a path or a repo id), or None.
+# The pool reads no files itself: create_app passes models.info's reader in.
+ModelConfigReader = Callable[[str | None], dict[str, Any] | None]
 
 
 class EngineMetrics(Protocol):
@@ -103,9 +110,17 @@ class Engine:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, metrics: EngineMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: EngineMetrics | None = None,
+        *,
+        model_config: ModelConfigReader | None = None,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._model_config = model_config  # None: kinds come from the engines alone
+        self.aliases = Aliases(settings.aliases)  # configured, plus /api/copy's at runtime
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
         self._balancer = LeastOutstanding()
@@ -170,8 +185,8 @@ class EnginePool:
         return list(self._served.values())
 
     def resolve(self, name: str) -> ServedModel:
-        target = self._settings.resolve_alias(name)
-        for candidate in (target, target.removesuffix(":latest")):
+        target = self.aliases.resolve(name)
+        for candidate in (target, strip_latest(target)):
             if candidate in self._served:
                 return self._served[candidate]
         self.request_refresh()
@@ -274,14 +289,16 @@ class EnginePool:
             return
         if engine.kind is None:
             engine.kind = await discovery.probe_kind(self.session, engine.config, timeout)
-        if engine.kind is None:
+        if engine.kind is None and self._model_config is not None:
             cards = [
                 discovery.ModelCard(
                     c.id,
                     c.max_model_len,
                     c.root,
                     c.created,
-                    await asyncio.to_thread(_kind_from_files, c.root, self._settings),
+                    discovery.kind_from_architectures(
+                        await asyncio.to_thread(self._model_config, c.root)
+                    ),
                 )
                 for c in cards
             ]
@@ -458,12 +475,6 @@ class EnginePool:
                 yield UpstreamResponse(resp.status, resp.headers, engine.url, chunks)
             finally:
                 await chunks.aclose()
-
-
-def _kind_from_files(root: str | None, settings: Settings) -> str | None:
-    from vllama.models.info import read_model_config
-
-    return discovery.kind_from_architectures(read_model_config(root, settings.cache_dir))
 
 
 def _lost(engine: Engine, exc: BaseException) -> EngineConnectionError:

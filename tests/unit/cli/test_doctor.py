@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,16 @@ def test_invalid_config_is_a_finding_not_a_crash(
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] config" in out and "max_queue" in out
+
+
+def test_gathering_uses_the_one_nvml_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.observability.test_gpu import nvml_standin
+    from vllama.cli.doctor import gather_facts
+
+    monkeypatch.setitem(sys.modules, "pynvml", nvml_standin(count=1))
+    f = gather_facts(None, None)
+    assert f.driver == "560.35.03" and f.nvml_error is None
+    assert f.gpus == [Gpu(0, "NVIDIA H100 80GB HBM3", 80 * 2**30, 78 * 2**30)]
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # the package missing, for real
+    f = gather_facts(None, None)
+    assert f.gpus == [] and f.nvml_error is not None and "nvidia-ml-py" in f.nvml_error

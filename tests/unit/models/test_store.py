@@ -1,5 +1,5 @@
 """The model store against a STAND-IN hub on 127.0.0.1 (the real hub is unreachable here):
-pull (blocking and Ollama-style progress), resume, list, delete, copy, and the errors for
+pull (blocking and Ollama-style progress), resume, list, delete, and the errors for
 gated/private models and an unreachable hub."""
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from vllama.models.store import (
     ModelInUse,
     ModelNotInStore,
     ModelStore,
-    StoreError,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -176,9 +175,10 @@ def test_demo_model_is_listed_and_removable(tmp_path: Path) -> None:
     assert not demo.exists()
 
 
-def test_copy_makes_an_alias(store: ModelStore) -> None:
-    assert store.copy("Qwen/Qwen2.5-0.5B-Instruct", "qwen:latest") == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert store.settings.resolve_alias("qwen") == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert store.settings.resolve_alias("qwen:latest") == "Qwen/Qwen2.5-0.5B-Instruct"
-    with pytest.raises(StoreError):
-        store.copy("a", "a")
+def test_a_demo_of_an_older_recipe_is_on_disk_too(tmp_path: Path) -> None:
+    demo = tmp_path / demo_model.DEMO_MODEL_NAME
+    demo.mkdir()
+    (demo / "vllama-demo.json").write_text(json.dumps({"fingerprint": "older"}))
+    store = ModelStore(Settings.model_validate({"cache_dir": tmp_path}))
+    assert [m.name for m in store.list()] == ["vllama-demo"]  # listed, so `rm` can free it
+    assert not demo_model.is_built(demo)  # while `serve --demo` rebuilds it

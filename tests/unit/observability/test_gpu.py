@@ -8,7 +8,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from vllama.observability.gpu import gpu_info, gpu_report
+from vllama.observability.gpu import Gpu, gpu_info, gpu_report, probe_gpus
 
 
 class NvmlError(Exception):
@@ -30,11 +30,12 @@ def nvml_standin(count: int = 2, fail_init: bool = False) -> ModuleType:
         NVML_TEMPERATURE_GPU=0,
         nvmlInit=init,
         nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlSystemGetDriverVersion=lambda: b"560.35.03",
         nvmlDeviceGetCount=lambda: count,
         nvmlDeviceGetHandleByIndex=lambda i: i,
         nvmlDeviceGetName=lambda h: b"NVIDIA H100 80GB HBM3" if h == 0 else "NVIDIA L4",
         nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(
-            used=(h + 1) * 2**30, total=80 * 2**30, free=0
+            used=(h + 1) * 2**30, total=80 * 2**30, free=(78 - h) * 2**30
         ),
         nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=37 + h, memory=5),
         nvmlDeviceGetTemperature=lambda h, sensor: 61 + h,
@@ -65,6 +66,12 @@ def test_nvml_path_reports_every_gpu() -> None:
         },
     ]
     assert nv.calls == ["init", "shutdown"]
+
+
+def test_the_probe_has_the_driver_and_free_memory_for_doctor() -> None:
+    found = probe_gpus(nvml_standin(count=1))
+    assert found.driver == "560.35.03" and found.reason is None
+    assert found.gpus == [Gpu(0, "NVIDIA H100 80GB HBM3", 80 * 2**30, 2**30, 78 * 2**30, 37, 61)]
 
 
 def test_driver_missing_is_a_reason_not_an_exception() -> None:

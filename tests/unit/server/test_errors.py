@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from vllama.server.errors import error_body_for_path, install_error_handlers
-from vllama.upstream.errors import EngineHTTPError, ModelNotFound, ServerBusy
+from vllama.upstream.errors import EngineHTTPError, ModelNotFound, UpstreamError
 
 
 def test_shapes() -> None:
@@ -38,7 +38,7 @@ def client() -> TestClient:
 
     @app.get("/v1/busy")
     async def busy() -> None:
-        raise ServerBusy(retry_after=3)
+        raise UpstreamError("server busy", status=503, retry_after=3)
 
     @app.get("/v1/engine")
     async def engine() -> None:

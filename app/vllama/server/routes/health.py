@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from vllama import __version__
@@ -14,15 +14,11 @@ from vllama.observability.gpu import gpu_report
 from vllama.server.deps import get_pool, get_started_at
 from vllama.upstream.breaker import BreakerState
 
-router = APIRouter()
 
-
-@router.get("/health")
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-@router.get("/health/ready")
 async def ready(request: Request) -> Response:
     pool = get_pool(request)
     engines = []

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from vllama.observability.metrics import CONTENT_TYPE, Metrics
 
-router = APIRouter()
 
-
-@router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     registry: Metrics = request.app.state.metrics
     return Response(registry.render(), media_type=CONTENT_TYPE)

@@ -2,8 +2,8 @@
 
 The request body is parsed once, to resolve `model` (aliases included) and rewrite it to
 the engine's id; the answer (JSON or SSE) is streamed back untouched as the network
-delivers it. Only the paths below exist: vLLM checks keys on some of its paths only, so
-nothing else is forwarded (anything else under /v1 is a 404 in OpenAI's shape).
+delivers it. Only the paths of server.route_table exist: vLLM checks keys on some of its
+paths only, so nothing else is forwarded (anything else under /v1 is a 404 in OpenAI's shape).
 """
 
 from __future__ import annotations
@@ -14,28 +14,28 @@ from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from typing import Any
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from vllama.server.deps import get_metrics, get_pool, get_settings
-from vllama.server.errors import error_response, openai_error_body
+from vllama.server.deps import (
+    get_metrics,
+    get_pool,
+    record_usage,
+    resolve_model,
+    set_priority,
+    upstream_headers,
+)
+from vllama.server.errors import error_response, openai_error_body, upstream_error_response
 from vllama.server.streaming import ProxyStream
-from vllama.upstream.errors import ServerBusy, UpstreamError
+from vllama.upstream.errors import UpstreamError
 from vllama.upstream.pool import ServedModel
 from vllama.upstream.usage import UsageTail
 
-router = APIRouter()
-
-API = "openai"
+API = "openai"  # the `api` label of metrics
 # Response headers that describe the engine's connection, not the content.
 _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 )
-
-
-def upstream_error_response(path: str, exc: UpstreamError) -> Response:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServerBusy) else None
-    return error_response(path, exc.status, exc.message, headers=headers)
 
 
 def _bad_request(path: str, message: str, param: str | None = None) -> Response:
@@ -85,7 +85,7 @@ def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
 
 
 async def forward(request: Request, *, route: str) -> Response:
-    """One inference request passed through; also called directly by server.fast_routes."""
+    """One inference request passed through."""
     start = time.perf_counter()
     path: str = request.scope["path"]
     raw = await request.body()
@@ -103,19 +103,16 @@ async def forward(request: Request, *, route: str) -> Response:
     pool = get_pool(request)
     metrics = get_metrics(request)
     try:
-        model = pool.resolve(name)
+        model = resolve_model(request, name)
     except UpstreamError as exc:
         return upstream_error_response(path, exc)
-    request.state.model = model.id
     body["model"] = model.id
-    key = getattr(request.state, "api_key", None)
-    priority = getattr(key, "priority", None)
-    if isinstance(priority, int):
-        body["priority"] = priority
-    headers = {"Content-Type": "application/json", "Accept": request.headers.get("accept", "*/*")}
-    request_id = getattr(request.state, "request_id", None)
-    if isinstance(request_id, str):
-        headers["X-Request-ID"] = request_id
+    set_priority(request, body)
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": request.headers.get("accept", "*/*"),
+        **upstream_headers(request),
+    }
     data = json.dumps(body, ensure_ascii=False).encode()
     own = time.perf_counter() - start
 
@@ -155,26 +152,21 @@ async def forward(request: Request, *, route: str) -> Response:
         t = time.perf_counter()
         usage = tail.usage() if upstream.status < 400 else None
         if usage is not None:
-            request.state.usage = usage
-            if metrics is not None:
-                metrics.add_tokens(model.id, *usage)
+            record_usage(request, model.id, *usage)
         if metrics is not None:
             metrics.observe_overhead(API, route, own + time.perf_counter() - t)
 
     return ProxyStream(chunks(), status_code=upstream.status, headers=out_headers, on_close=finish)
 
 
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     return await forward(request, route="/v1/chat/completions")
 
 
-@router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     return await forward(request, route="/v1/completions")
 
 
-@router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     return await forward(request, route="/v1/embeddings")
 
@@ -192,21 +184,20 @@ def _card(id_: str, model: ServedModel, *, alias_of: str | None = None) -> dict[
 
 
 def _cards(request: Request) -> list[dict[str, Any]]:
-    """Served models, then each configured alias whose target is served."""
-    models = {m.id: m for m in get_pool(request).models()}
+    """Served models, then each alias whose target is served."""
+    pool = get_pool(request)
+    models = {m.id: m for m in pool.models()}
     cards = [_card(m.id, m) for m in models.values()]
-    for alias, target in get_settings(request).aliases.items():
+    for alias, target in pool.aliases.items():
         if target in models and alias not in models:
             cards.append(_card(alias, models[target], alias_of=target))
     return cards
 
 
-@router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": _cards(request)})
 
 
-@router.get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> Response:
     for card in _cards(request):
         if card["id"] == model_id:

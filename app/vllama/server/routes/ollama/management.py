@@ -1,0 +1,169 @@
+"""Model management: what a running vLLM can and cannot do.
+
+Pull and delete of models no engine serves go to the model store (`app.state.model_store`,
+set by `vllama serve`); copy makes an alias in the pool's registry; push, create and blob
+uploads are refused with a message that says what to do instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from vllama.server.deps import get_pool
+from vllama.server.routes.ollama.plumbing import NDJSON, Refused, error, ndjson_line, read_body
+from vllama.translate import TranslationError
+from vllama.translate.fields import model_name, opt_str
+from vllama.upstream.errors import UpstreamError
+
+
+class ModelStore(Protocol):
+    """What the model store offers the API (models.store.ApiModelStore implements it).
+
+    Without one (`app.state.model_store` unset), pull/delete of models that no engine
+    serves are refused with instructions.
+    """
+
+    def pull(self, name: str) -> AsyncIterator[dict[str, Any]]: ...  # Ollama progress objects
+    async def delete(self, name: str) -> bool: ...  # False: not in the store
+
+
+def _store(request: Request) -> ModelStore | None:
+    return getattr(request.app.state, "model_store", None)
+
+
+def _is_served(request: Request, name: str) -> bool:
+    try:
+        get_pool(request).resolve(name)
+    except UpstreamError:
+        return False
+    return True
+
+
+_PULL_STEPS = ("pulling manifest", "verifying sha256 digest", "writing manifest", "success")
+
+
+async def pull(request: Request) -> Response:
+    try:
+        body = await read_body(request)
+        name = model_name(body, legacy_name=True)
+    except Exception as exc:
+        return error(request, exc)
+    stream = body.get("stream") is not False
+    store = _store(request)
+    if _is_served(request, name):  # already there: the progress of a pull with nothing to do
+        if not stream:
+            return JSONResponse({"status": "success"})
+        return StreamingResponse(
+            iter([ndjson_line({"status": step}) for step in _PULL_STEPS]), media_type=NDJSON
+        )
+    if store is None:
+        return error(
+            request,
+            Refused(
+                404,
+                f"model '{name}' is not served by any engine: download it with `vllama pull "
+                f"{name}`, then start an engine for it with `vllama serve --model {name}`",
+            ),
+        )
+    progress = store.pull(name)
+    if not stream:
+        last: dict[str, Any] = {}
+        try:
+            async for last in progress:
+                if "error" in last:
+                    return error(request, Refused(500, str(last["error"])))
+        except Exception as exc:
+            return error(request, Refused(500, f"pull failed: {exc}"))
+        return JSONResponse(last or {"status": "success"})
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for item in progress:
+                yield ndjson_line(item)
+        except Exception as exc:
+            yield ndjson_line({"error": f"pull failed: {exc}"})
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+async def push(request: Request) -> Response:
+    return error(
+        request,
+        Refused(
+            400,
+            "vllama does not push models: vLLM serves Hugging Face models; upload them with "
+            "`huggingface-cli upload` instead",
+        ),
+    )
+
+
+async def create(request: Request) -> Response:
+    return error(
+        request,
+        Refused(
+            400,
+            "vllama does not create models from Modelfiles: give the model a name with an "
+            "alias in vllama.toml ([aliases]) and change its sampling defaults with vLLM's "
+            "--override-generation-config",
+        ),
+    )
+
+
+async def copy(request: Request) -> Response:
+    """A copy of a served model is an alias (in memory, until restart)."""
+    try:
+        body = await read_body(request)
+        source = opt_str(body, "source")
+        destination = opt_str(body, "destination")
+        if not source or not destination:
+            raise TranslationError("source and destination are required", "source")
+        card = get_pool(request).resolve(source)
+    except UpstreamError:
+        return error(request, Refused(404, f'model "{source}" not found'))
+    except Exception as exc:
+        return error(request, exc)
+    get_pool(request).aliases.add(destination, card.id)
+    return Response(status_code=200)
+
+
+async def delete(request: Request) -> Response:
+    try:
+        body = await read_body(request)
+        name = model_name(body, legacy_name=True)
+    except Exception as exc:
+        return error(request, exc)
+    if get_pool(request).aliases.remove(name):  # an alias (from config or /api/copy)
+        return Response(status_code=200)
+    if _is_served(request, name):
+        return error(
+            request,
+            Refused(
+                409,
+                f"model '{name}' is being served by a running engine: stop that engine "
+                f"first, then remove the files with `vllama rm {name}`",
+            ),
+        )
+    store = _store(request)
+    if store is not None and await store.delete(name):
+        return Response(status_code=200)
+    return error(request, Refused(404, f"model '{name}' not found"))
+
+
+async def blob_exists(digest: str) -> Response:
+    return Response(status_code=404)  # vllama keeps no Ollama blobs
+
+
+async def blob_upload(request: Request, digest: str) -> Response:
+    return error(
+        request,
+        Refused(
+            400,
+            f"vllama does not store blobs ({digest}): vLLM loads Hugging Face models; put the "
+            "model directory on the server and start an engine for it with `vllama serve "
+            "--model PATH`",
+        ),
+    )
