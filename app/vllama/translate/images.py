@@ -127,7 +127,7 @@ def _decode(text: str) -> bytes:
         raise ImageError(f"not valid base64 ({exc})") from None
 
 
-def image_part(raw: Any, field: str, max_pixels: int) -> dict[str, Any]:
+def image_part(raw: Any, field: str, max_pixels: int | None) -> dict[str, Any]:
     """One Ollama image (base64, or a base64 data URL) → an OpenAI image_url part."""
     if not isinstance(raw, str) or not raw:
         raise TranslationError(f'"{field}" must be a base64-encoded image', field)
@@ -141,7 +141,7 @@ def image_part(raw: Any, field: str, max_pixels: int) -> dict[str, Any]:
     except ImageError as exc:
         raise TranslationError(f'"{field}" is {exc}', field) from None
     pixels = info.width * info.height
-    if pixels > max_pixels:
+    if max_pixels is not None and pixels > max_pixels:
         raise TranslationError(
             f'"{field}" is a {info.width}x{info.height} image ({pixels} pixels), over the '
             f"limit of {max_pixels} pixels: scale it down, or raise max_image_pixels",

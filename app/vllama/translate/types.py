@@ -6,8 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vllama.config import DEFAULT_MAX_IMAGE_PIXELS
-
 
 @dataclass(frozen=True)
 class UpstreamCall:
@@ -24,8 +22,8 @@ class ModelTraits:
 
     max_model_len: int | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
-    # The façade's limit on one image's pixels (settings.max_image_pixels).
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # The façade's limit on one image's pixels (settings.max_image_pixels); None: none.
+    max_image_pixels: int | None = None
 
 
 @dataclass(frozen=True)
