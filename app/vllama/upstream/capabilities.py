@@ -34,6 +34,7 @@ import aiohttp
 PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 _NO_AUTO_TOOLS = "--enable-auto-tool-choice"
 _NOT_MULTIMODAL = "is not a multimodal model"
+_ZERO_TOKENS = "max_tokens"  # "max_tokens must be at least 1, got 0."
 _PROBE_TOOL = {
     "type": "function",
     "function": {"name": "vllama_probe", "parameters": {"type": "object", "properties": {}}},
@@ -92,11 +93,13 @@ def verdict(name: str, status: int, answer: Any) -> bool | None:
     if status != 400:  # both outcomes are refusals; anything else is not understood
         return None
     message = _message(answer)
-    if name == "tools":
-        return _NO_AUTO_TOOLS not in message
-    if name == "vision":
-        return _NOT_MULTIMODAL not in message
-    return None
+    refusal = {"tools": _NO_AUTO_TOOLS, "vision": _NOT_MULTIMODAL}.get(name)
+    if refusal is None:
+        return None
+    if refusal in message:
+        return False
+    # The capability is there only if the request got as far as its token budget.
+    return True if _ZERO_TOKENS in message else None
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ USAGE_REASONING = {
         ("thinking", 400, ZERO_TOKENS, None),
         ("thinking", 200, {"choices": []}, None),
         ("thinking", 200, None, None),
+        # A refusal for another reason says nothing about the capability.
+        ("tools", 400, refusal("Expected field `name` in `function`"), None),
+        ("vision", 400, refusal("Unsupported Media Type"), None),
     ],
 )
 def test_verdicts(name: str, status: int, answer: Any, expected: bool | None) -> None:
