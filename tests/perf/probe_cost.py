@@ -28,7 +28,7 @@ def measure(url: str, model: str, rounds: int) -> None:
                 times.append((time.perf_counter() - start) * 1000)
                 found = verdict(probe.name, resp.status_code, resp.json())
             print(
-                f"{model:<18} {probe.name:<9} {str(found):<6} "
+                f"{model:<18} {probe.name:<9} {found!s:<6} "
                 f"median {statistics.median(times):6.1f} ms  max {max(times):6.1f} ms"
             )
 
