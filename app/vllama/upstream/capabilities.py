@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,8 @@ async def detect(
                 headers={
                     **headers,
                     "Content-Type": "application/json",
-                    "X-Request-ID": f"vllama-probe-{probe.name}",
+                    # unique: vLLM tracks requests by id, and replicas may probe at once
+                    "X-Request-ID": f"vllama-probe-{probe.name}-{uuid.uuid4().hex[:12]}",
                 },
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
