@@ -216,12 +216,14 @@ class _Relay:
             if self.info_shim and re.fullmatch(r"/api/models/[^/]+/[^/]+", path):
                 target = path + "/revision/main"
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            # The client's Host stays: redirects the hub answers (e.g. to a trailing-slash
+            # URL) must lead back here, not to the hub's own loopback port.
             keep = [
                 f"{k}:{v}"
                 for k, v in headers
-                if k.strip().lower() not in ("connection", "keep-alive", "host")
+                if k.strip().lower() not in ("connection", "keep-alive")
             ]
-            out = [f"{method} {target} {version}", f"Host: 127.0.0.1:{self.upstream_port}", *keep]
+            out = [f"{method} {target} {version}", *keep]
             up_writer.write(
                 ("\r\n".join([*out, "Connection: close", "", ""])).encode("latin-1") + body
             )
