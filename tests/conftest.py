@@ -1,4 +1,5 @@
-"""Fixtures shared by every suite: real vLLM engines (once per test session)."""
+"""Fixtures shared by every suite: real vLLM engines and the local model hub (once per
+test session)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.engines import Engine, engine_for, prestart
+from tests.hub import Hub, start_hub
 
-_SESSION_ENGINE_FIXTURES = {"chat_engine": "chat", "embed_engine": "embed", "facade_url": None}
+_SESSION_ENGINE_FIXTURES = {
+    "chat_engine": "chat",
+    "embed_engine": "embed",
+    "scripted_engine": "scripted",
+    "facade_url": None,
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,6 +47,14 @@ def embed_engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
+def scripted_engine() -> Iterator[Engine]:
+    """A real vLLM engine serving the scripted model (tests/models/scripted.py) as
+    `vllama-scripted`, with the hermes tool parser and the qwen3 reasoning parser."""
+    with engine_for("scripted") as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
 def facade_url(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
     """The normal setup: one real façade in front of both real engines."""
     from tests.facade import run_facade
@@ -50,6 +65,14 @@ def facade_url(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
         log_format="text",
     ) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A real Hugging Face–protocol hub (olah) on 127.0.0.1 serving the demo model and
+    all-MiniLM-L6-v2 (tests/hub.py); `hub.url` is the HF_ENDPOINT to download through."""
+    with start_hub(tmp_path_factory.mktemp("hub")) as running:
+        yield running
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -1,13 +1,14 @@
 """Real vLLM engines (the CPU build) for tests: start, wait until healthy, stop.
 
-Set VLLAMA_TEST_CHAT_ENGINE / VLLAMA_TEST_EMBED_ENGINE to the URL of an engine that is
-already running (started with `python -m tests.engines chat --port N`) to skip the 1-2
-minute start while iterating. Tests that kill or restart an engine start their own.
+Set VLLAMA_TEST_CHAT_ENGINE / VLLAMA_TEST_EMBED_ENGINE / VLLAMA_TEST_SCRIPTED_ENGINE to the
+URL of an engine that is already running (started with `python -m tests.engines chat --port
+N`) to skip the 1-2 minute start while iterating. Tests that kill or restart an engine start their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -25,6 +26,33 @@ LOGS = CACHE / "logs"
 
 CHAT_MODEL = "vllama-demo"
 EMBED_MODEL = "all-minilm"
+SCRIPTED_MODEL = "vllama-scripted"
+MODELS = {"chat": CHAT_MODEL, "embed": EMBED_MODEL, "scripted": SCRIPTED_MODEL}
+# The scripted model's engine: the parsers a Qwen3 deployment uses, thinking off unless asked.
+SCRIPTED_FLAGS = [
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "hermes",
+    "--reasoning-parser",
+    "qwen3",
+    "--default-chat-template-kwargs",
+    '{"enable_thinking": false}',
+    "--enable-log-requests",  # with REQUEST_LOG_CONFIG: each request's body in the log
+]
+# vLLM logs a request's JSON body and rendered prompt at DEBUG only: DEBUG for its request
+# logger alone, so tests can read what the engine received (vllm/logger.py's config shape).
+REQUEST_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "vllm": {"()": "vllm.logging_utils.NewLineFormatter", "format": "%(levelname)s %(message)s"}
+    },
+    "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": "DEBUG"}},
+    "loggers": {
+        "vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False},
+        "vllm.entrypoints.serve.utils.request_logger": {"level": "DEBUG"},
+    },
+}
 START_TIMEOUT_S = float(os.environ.get("VLLAMA_TEST_ENGINE_TIMEOUT", "420"))
 
 
@@ -38,6 +66,12 @@ def demo_model_dir() -> Path:
     from vllama.engine.demo_model import build_demo_model
 
     return build_demo_model(CACHE / "models" / CHAT_MODEL)
+
+
+def scripted_model_dir() -> Path:
+    from tests.models.scripted import build_scripted_model
+
+    return build_scripted_model(CACHE / "models" / SCRIPTED_MODEL)
 
 
 def embed_model_dir() -> Path:
@@ -59,43 +93,39 @@ def engine_env() -> dict[str, str]:
 
 
 def engine_command(kind: str, port: int) -> list[str]:
-    base = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "bfloat16",
-        # No --disable-log-stats: in vLLM 0.32 it also turns off every vllm:* metric.
-    ]
+    """The test engines' command line, built where every engine's is (engine/launch.py).
+    No --disable-log-stats: in vLLM 0.32 it also turns off every vllm:* metric."""
+    from vllama.engine.launch import engine_command as build
+
     if kind == "chat":
-        return [
-            *base,
-            "--model",
-            str(demo_model_dir()),
-            "--served-model-name",
-            CHAT_MODEL,
-            "--max-model-len",
-            "512",
-            "--seed",
-            "0",
-        ]
-    if kind == "embed":
-        return [
-            *base,
-            "--model",
-            str(embed_model_dir()),
-            "--served-model-name",
-            EMBED_MODEL,
-            "--runner",
-            "pooling",
-            "--max-model-len",
-            "256",
-        ]
-    raise ValueError(kind)
+        model, name = demo_model_dir(), CHAT_MODEL
+        flags = ["--max-model-len", "512", "--seed", "0"]
+    elif kind == "embed":
+        model, name = embed_model_dir(), EMBED_MODEL
+        flags = ["--runner", "pooling", "--max-model-len", "256"]
+    elif kind == "scripted":
+        model, name = scripted_model_dir(), SCRIPTED_MODEL
+        flags = ["--max-model-len", "512", *SCRIPTED_FLAGS]
+    else:
+        raise ValueError(kind)
+    return build(
+        sys.executable,
+        model=str(model),
+        served_name=name,
+        host="127.0.0.1",
+        port=port,
+        args=["--dtype", "bfloat16", *flags],
+    )
+
+
+def kind_env(kind: str) -> dict[str, str]:
+    env = engine_env()
+    if kind == "scripted":
+        LOGS.mkdir(parents=True, exist_ok=True)
+        config = LOGS / "engine-request-log.json"
+        config.write_text(json.dumps(REQUEST_LOG_CONFIG))
+        env["VLLM_LOGGING_CONFIG_PATH"] = str(config)
+    return env
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -168,13 +198,11 @@ def start_engine(
             [*engine_command(kind, port), *extra_args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=engine_env(),
+            env=kind_env(kind),
             start_new_session=True,
             cwd=str(REPO),
         )
-    engine = Engine(
-        kind, f"http://127.0.0.1:{port}", CHAT_MODEL if kind == "chat" else EMBED_MODEL, proc, log
-    )
+    engine = Engine(kind, f"http://127.0.0.1:{port}", MODELS[kind], proc, log)
     if wait:
         try:
             engine.wait_healthy()
@@ -199,7 +227,9 @@ def engine_for(kind: str) -> Iterator[Engine]:
     """The engine from VLLAMA_TEST_<KIND>_ENGINE if set, else a fresh one for this block."""
     url = os.environ.get(f"VLLAMA_TEST_{kind.upper()}_ENGINE")
     if url:
-        engine = Engine(kind, url.rstrip("/"), CHAT_MODEL if kind == "chat" else EMBED_MODEL)
+        engine = Engine(kind, url.rstrip("/"), MODELS[kind])
+        own_log = LOGS / f"engine-{kind}-{engine.port}.log"  # `python -m tests.engines` writes it
+        engine.log = own_log if own_log.exists() else None
         engine.wait_healthy(30)
         yield engine
         return
@@ -216,7 +246,7 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["chat", "embed"])
+    parser.add_argument("kind", choices=sorted(MODELS))
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
     engine = start_engine(args.kind, args.port)

@@ -24,6 +24,7 @@ from vllama.cli.progress import LoadProgress
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import PASSTHROUGH_FLAGS, EngineSpec, engine_spec, is_cpu_build
 from vllama.engine.supervisor import EngineStartError, Supervisor
+from vllama.models.store import ModelStore
 
 log = logging.getLogger("vllama.serve")
 
@@ -129,6 +130,16 @@ def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLa
     return out
 
 
+def _reads_images(launch: ModelLaunch, settings: Settings) -> bool:
+    """The model's config.json (local or in the cache) says it is a vision model."""
+    from vllama.models.info import read_model_config
+    from vllama.upstream.capabilities import vision_in_config
+
+    return vision_in_config(
+        read_model_config(settings.resolve_alias(launch.model), settings.cache_dir)
+    )
+
+
 def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
     _configure_logging(settings)
     todo = launches(args, settings)
@@ -145,9 +156,20 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
             "worker (run several `vllama serve --engine` behind the proxy to scale out)",
             file=sys.stderr,
         )
+    for launch, _ in todo:  # never start an engine on a half-written model
+        reason = ModelStore(settings).unfinished(settings.resolve_alias(launch.model))
+        if reason:
+            raise CliError(reason, FAILED)
     cpu = is_cpu_build()
     specs: list[EngineSpec] = [
-        engine_spec(launch, settings, launch.port or free_port(), cpu_build=cpu, demo=demo)
+        engine_spec(
+            launch,
+            settings,
+            launch.port or free_port(),
+            cpu_build=cpu,
+            demo=demo,
+            vision=_reads_images(launch, settings),
+        )
         for launch, demo in todo
     ]
     settings.engines = [*settings.engines, *(s.engine_config() for s in specs)]
@@ -195,7 +217,7 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
 def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
     import uvicorn
 
-    from vllama.models.store import ApiModelStore, ModelStore
+    from vllama.models.store import ApiModelStore
     from vllama.server.app import create_app
     from vllama.server.http import uvicorn_config
 

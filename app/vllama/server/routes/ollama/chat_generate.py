@@ -83,9 +83,9 @@ async def generation(request: Request, *, kind: str) -> Response:
         translate = to_openai.chat_request if kind == "chat" else to_openai.generate_request
         large = is_large(request)
         if large:  # megabytes of messages: translate off the event loop
-            call = await asyncio.to_thread(translate, body, traits(card))
+            call = await asyncio.to_thread(translate, body, traits(request, card))
         else:
-            call = translate(body, traits(card))
+            call = translate(body, traits(request, card))
         set_priority(request, call.body)
         stream = body.get("stream") is not False
     except Exception as exc:
