@@ -32,6 +32,9 @@ SCRIPTS = [
     REPO / "ops" / "offline-bundle.sh",
 ]
 ENGINES = {"vllm", "vllm-cpu", "vllm-embed"}
+FACADES = {"vllama", "vllama-cpu"}
+# One-shot services: they run to completion before what depends on them starts.
+ONE_SHOTS = {"pull", "pull-cpu"}
 PROFILE_SETS = [
     list(c) for n in range(1, 4) for c in itertools.combinations(["gpu", "cpu", "monitoring"], n)
 ]
@@ -80,16 +83,14 @@ def compose(
     )
 
 
-def resolved(profiles: list[str], files: tuple[str, ...] = ("compose.yaml",)) -> dict[str, Any]:
+def resolved(
+    profiles: list[str],
+    files: tuple[str, ...] = ("compose.yaml",),
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The model compose resolves from .env.example (as `cp .env.example .env` leaves it)."""
     args = [a for p in profiles for a in ("--profile", p)]
-    proc = compose(
-        *args,
-        "config",
-        "--format",
-        "json",
-        files=files,
-        env={"GRAFANA_ADMIN_PASSWORD": "test-only"},
-    )
+    proc = compose(*args, "config", "--format", "json", files=files, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "WARN" not in proc.stderr, proc.stderr
     model: dict[str, Any] = json.loads(proc.stdout)
@@ -137,23 +138,26 @@ def test_compose_config_clean_and_policies_hold(
     for name, svc in services.items():
         image = svc["image"]
         assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), (name, image)
+        for port in svc.get("ports", []):
+            assert port.get("host_ip") == "127.0.0.1", (name, port)
+        if name in ONE_SHOTS:
+            assert svc.get("restart") == "no", f"one-shot {name} must not be restarted"
+            continue
         assert svc.get("restart") in {"unless-stopped", "always", "on-failure"}, name
         health = svc.get("healthcheck") or {}
         assert health.get("test") and not health.get("disable"), f"{name} has no healthcheck"
-        for port in svc.get("ports", []):
-            assert port.get("host_ip") == "127.0.0.1", (name, port)
         if name in ENGINES:
             assert not svc.get("ports"), f"engine {name} must never publish a port"
             assert set(svc["networks"]) == {"backend"}, (name, svc["networks"])
     if ENGINES & set(services):
         assert networks["backend"].get("internal") is True
-    if "vllama" in services:
-        deps = services["vllama"]["depends_on"]
-        for engine in ENGINES & set(services):
-            assert deps[engine]["condition"] == "service_healthy"
+    for facade in FACADES & set(services):
+        deps = services[facade]["depends_on"]
+        assert {d["condition"] for d in deps.values()} == {"service_healthy"}, deps
+        assert set(deps) <= ENGINES, deps
     expected = {
-        "gpu": {"vllm", "vllama", "proxy", "dcgm-exporter"},
-        "cpu": {"vllm-cpu", "vllm-embed", "vllama", "proxy"},
+        "gpu": {"pull", "vllm", "vllama", "proxy", "dcgm-exporter"},
+        "cpu": {"pull-cpu", "vllm-cpu", "vllm-embed", "vllama-cpu", "proxy"},
         "monitoring": {"prometheus", "grafana", "alertmanager", "node-exporter"},
     }
     want = set().union(*(expected[p] for p in profiles))
@@ -165,18 +169,104 @@ def test_compose_config_clean_and_policies_hold(
         assert gpu.get("shm_size") or gpu.get("ipc") == "host"
 
 
-def test_required_variables_fail_loudly() -> None:
-    proc = compose("--profile", "monitoring", "config", env={"GRAFANA_ADMIN_PASSWORD": ""})
-    assert proc.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in proc.stderr
-    # A cpu-only host needs nothing gpu-specific: the file still resolves.
-    proc = compose("--profile", "cpu", "config", "-q", env={"GRAFANA_ADMIN_PASSWORD": "x"})
+def _env(svc: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+
+
+def _mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """target -> source of a service's volumes."""
+    return {v["target"]: str(v.get("source")) for v in svc.get("volumes", [])}
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_models_arrive_through_a_pull_with_egress_before_an_offline_engine(profile: str) -> None:
+    services = resolved([profile])["services"]
+    pull, engine = ("pull", "vllm") if profile == "gpu" else ("pull-cpu", "vllm-cpu")
+    networks = resolved([profile])["networks"]
+    # The pull reaches out on a network of its own; the engine stays on the internal one.
+    assert list(services[pull]["networks"]) == ["egress"]
+    assert not networks["egress"].get("internal")
+    assert engine not in services[pull].get("depends_on", {})
+    assert services[engine]["depends_on"][pull]["condition"] == "service_completed_successfully"
+    assert _env(services[engine])["HF_HUB_OFFLINE"] == "1"
+    # The pull runs `vllama pull` on the model the engine serves, in the engine's image.
+    assert services[pull]["entrypoint"] == ["vllama", "pull"]
+    assert services[pull]["image"] == services[engine]["image"]
+    assert services[pull]["command"] == [_env(services[engine])["VLLAMA_ENGINE_MODEL"]]
+    # One cache layout: the same volume at the same place, the same hub folder, for the
+    # pull, every engine and the façade (whose /api/pull writes there too).
+    facade = "vllama" if profile == "gpu" else "vllama-cpu"
+    readers = [pull, facade, *(ENGINES & set(services))]
+    hub = {_env(services[s]).get("HF_HUB_CACHE") for s in [pull, *(ENGINES & set(services))]}
+    assert hub == {"/var/cache/huggingface/hub"}, hub
+    for s in [pull, *(ENGINES & set(services))]:
+        assert _env(services[s])["VLLAMA_CACHE_DIR"] == _env(services[s])["HF_HUB_CACHE"], s
+        assert _mounts(services[s])["/var/cache/huggingface"] == "hf-cache", s
+    assert set(readers) <= set(services)
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_engines_run_vllama_engine_with_a_persistent_compile_cache(profile: str) -> None:
+    services = resolved([profile])["services"]
+    for name in ENGINES & set(services):
+        svc = services[name]
+        # The one engine command (engine/launch.py), no shell between compose and vLLM.
+        assert svc["entrypoint"] == ["vllama", "engine"], (name, svc["entrypoint"])
+        assert not svc.get("command"), (name, svc.get("command"))
+        assert svc.get("init") is True, name
+        env = _env(svc)
+        assert env["VLLAMA_ENGINE_HOST"] == "0.0.0.0" and env["VLLAMA_ENGINE_MODEL"], name
+        assert _mounts(svc)[env["VLLM_CACHE_ROOT"]] == "vllm-cache", name
+
+
+def _targets(name: str) -> list[str]:
+    import yaml
+
+    entries = yaml.safe_load((REPO / "monitoring" / "prometheus" / "targets" / name).read_text())
+    return [t for e in entries for t in e["targets"]]
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "nginx.yaml")], ids=["caddy", "nginx"])
+def test_shared_values_agree_between_services(profile: str, files: tuple[str, ...]) -> None:
+    """The façade's port, the engines' port and the body limit, seen from every service
+    that uses them: one change in compose.yaml (or .env) moves them all."""
+    model = resolved([profile, "monitoring"], files, env={"VLLAMA_MAX_BODY_BYTES": "40000000"})
+    services = model["services"]
+    facade = services["vllama" if profile == "gpu" else "vllama-cpu"]
+    proxy_env, facade_env = _env(services["proxy"]), _env(facade)
+    port = facade_env["VLLAMA_PORT"]
+    assert proxy_env["VLLAMA_PROXY_UPSTREAM"] == f"vllama:{port}"
+    assert _targets("vllama.yml") == [f"vllama:{port}"]
+    assert [p["target"] for p in facade["ports"]] == [int(port)]
+    # The body limit: .env's one value reaches both the proxy and the façade.
+    assert facade_env["VLLAMA_MAX_BODY_BYTES"] == proxy_env["VLLAMA_PROXY_MAX_BODY_BYTES"] == "40000000"
+    engine_ports = {_env(services[e])["VLLAMA_ENGINE_PORT"] for e in ENGINES & set(services)}
+    assert len(engine_ports) == 1, engine_ports
+    (engine_port,) = engine_ports
+    assert _targets("vllm.yml") == [f"vllm:{engine_port}"]
+    for url in facade_env["VLLAMA_ENGINES"].split(","):
+        assert url.endswith(f":{engine_port}"), url
+
+
+def test_a_first_cpu_run_needs_no_edit() -> None:
+    """`cp .env.example .env && docker compose --profile cpu up`: compose resolves it with
+    nothing set, though Grafana (monitoring profile) wants a password."""
+    proc = compose("--profile", "cpu", "config", "-q")
     assert proc.returncode == 0, proc.stderr
+    assert "GRAFANA" not in proc.stderr, proc.stderr
+    # Grafana's password is a secret read from the variable, never in its environment.
+    grafana = resolved(["monitoring"])["services"]["grafana"]
+    assert [s["source"] for s in grafana["secrets"]] == ["grafana_admin_password"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in _env(grafana)
+    assert _env(grafana)["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
 
 
 def test_env_example_documents_every_variable() -> None:
     text = "\n".join((COMPOSE_DIR / f).read_text() for f in ("compose.yaml", "nginx.yaml"))
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
+    used |= set(re.findall(r"^\s+environment: ([A-Z_][A-Z0-9_]*)$", text, re.M))  # secrets
+    assert "GRAFANA_ADMIN_PASSWORD" in used
     documented = set(
         re.findall(r"^([A-Z_][A-Z0-9_]*)=", (COMPOSE_DIR / ".env.example").read_text(), re.M)
     )
