@@ -20,16 +20,12 @@ pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 COMPOSE_DIR = REPO / "compose"
-# The images this suite builds (images/systemd-host/ belongs to the bare-metal tests).
-DOCKERFILES = [
-    REPO / "images" / n / "Dockerfile"
-    for n in ("facade", "vllm", "vllm-cpu", "wheelhouse", "local")
-]
+# Every Dockerfile: the shipped images (one file, a target each) and the build helpers.
+DOCKERFILES = sorted((REPO / "images").rglob("Dockerfile"))
 SCRIPTS = [
     REPO / "scripts" / "ensure-docker.sh",
-    REPO / "scripts" / "build-wheelhouse.sh",
-    REPO / "ops" / "local-base-image.sh",
-    REPO / "ops" / "offline-bundle.sh",
+    *sorted((REPO / "ops").glob("*.sh")),
+    *sorted((REPO / "images" / "build").glob("*.sh")),
 ]
 ENGINES = {"vllm", "vllm-cpu", "vllm-embed"}
 FACADES = {"vllama", "vllama-cpu"}
@@ -97,7 +93,7 @@ def resolved(
     return model
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.parent.relative_to(REPO)))
 def test_hadolint_clean(dockerfile: Path) -> None:
     proc = subprocess.run(
         [tool("hadolint"), str(dockerfile)], capture_output=True, text=True, check=False, timeout=60
@@ -105,7 +101,7 @@ def test_hadolint_clean(dockerfile: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.parent.relative_to(REPO)))
 def test_every_arg_is_commented_and_bases_are_pinned(dockerfile: Path) -> None:
     lines = dockerfile.read_text().splitlines()
     declared: set[str] = set()
@@ -227,7 +223,9 @@ def _targets(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("profile", ["gpu", "cpu"])
-@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "nginx.yaml")], ids=["caddy", "nginx"])
+@pytest.mark.parametrize(
+    "files", [("compose.yaml",), ("compose.yaml", "nginx.yaml")], ids=["caddy", "nginx"]
+)
 def test_shared_values_agree_between_services(profile: str, files: tuple[str, ...]) -> None:
     """The façade's port, the engines' port and the body limit, seen from every service
     that uses them: one change in compose.yaml (or .env) moves them all."""
@@ -240,7 +238,11 @@ def test_shared_values_agree_between_services(profile: str, files: tuple[str, ..
     assert _targets("vllama.yml") == [f"vllama:{port}"]
     assert [p["target"] for p in facade["ports"]] == [int(port)]
     # The body limit: .env's one value reaches both the proxy and the façade.
-    assert facade_env["VLLAMA_MAX_BODY_BYTES"] == proxy_env["VLLAMA_PROXY_MAX_BODY_BYTES"] == "40000000"
+    assert (
+        facade_env["VLLAMA_MAX_BODY_BYTES"]
+        == proxy_env["VLLAMA_PROXY_MAX_BODY_BYTES"]
+        == "40000000"
+    )
     engine_ports = {_env(services[e])["VLLAMA_ENGINE_PORT"] for e in ENGINES & set(services)}
     assert len(engine_ports) == 1, engine_ports
     (engine_port,) = engine_ports
@@ -259,7 +261,9 @@ def test_a_first_cpu_run_needs_no_edit() -> None:
     grafana = resolved(["monitoring"])["services"]["grafana"]
     assert [s["source"] for s in grafana["secrets"]] == ["grafana_admin_password"]
     assert "GF_SECURITY_ADMIN_PASSWORD" not in _env(grafana)
-    assert _env(grafana)["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert (
+        _env(grafana)["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    )
 
 
 def test_env_example_documents_every_variable() -> None:
