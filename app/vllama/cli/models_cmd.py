@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from vllama.cli.output import (
@@ -29,7 +30,31 @@ def _ago(unix: float) -> str:
     return "just now"
 
 
+def local_model_dir(name: str) -> Path | None:
+    """The directory `name` points at when it is a path rather than a repo id (absolute or
+    starting with `.`); CliError when no model is there."""
+    if not name.startswith(("/", ".")):
+        return None
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise CliError(
+            f"{name}: no model directory there (no config.json); give a Hugging Face repo "
+            "id (ORG/NAME) or the path of a model directory",
+            FAILED,
+        )
+    return path
+
+
 def run_pull(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    # compose's pull step runs on every engine's model: a local directory (the image's demo
+    # model, a mounted folder) is already where the engine reads it.
+    local = local_model_dir(args.name)
+    if local is not None:
+        if args.json:
+            emit_json({"name": args.name, "revision": None, "path": str(local)})
+        elif not args.quiet:
+            print(f"{local} is a local model directory: nothing to pull")
+        return OK
     store = ModelStore(settings)
     try:
         path = store.pull(args.name, revision=args.revision, progress=not args.quiet)
