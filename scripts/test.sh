@@ -11,7 +11,7 @@ scripts/install-system-deps.sh
 stage "python environment"
 scripts/setup-venv.sh --test
 stage "lint"
-.venv/bin/ruff check app tests
+.venv/bin/ruff check app tests ops
 .venv/bin/mypy
 
 stage "tests"
