@@ -290,3 +290,42 @@ def test_no_mirror_host_or_machine_path_in_owned_files() -> None:
     for path in owned:
         text = path.read_text()
         assert "deb.debian.org" not in text and "/work/" not in text, path
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        """--max-model-len 512 --override-generation-config '{"temperature": 0.5, "top_p": 0.9}'""",
+        """["--max-model-len", "512", "--override-generation-config", "{\\"temperature\\": 0.5, \\"top_p\\": 0.9}"]""",
+    ],
+    ids=["shell-quoted", "json-list"],
+)
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_a_json_valued_engine_flag_reaches_vllm_as_one_argument(profile: str, flags: str) -> None:
+    """.env's engine flags, through compose's own interpolation, into `vllama engine`: the
+    JSON value arrives as one argument of vLLM's command line (no shell splits it)."""
+    var = "VLLAMA_ENGINE_ARGS" if profile == "gpu" else "VLLAMA_CPU_ENGINE_ARGS"
+    env_file = REPO / ".cache" / f"engine-args-{profile}-{len(flags)}.env"
+    env_file.parent.mkdir(exist_ok=True)
+    env_file.write_text((COMPOSE_DIR / ".env.example").read_text() + f"{var}={flags}\n")
+    proc = subprocess.run(
+        [compose_binary(), "-f", str(COMPOSE_DIR / "compose.yaml"), "--env-file", str(env_file),
+         "--profile", profile, "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(REPO / ".cache")},
+    )  # fmt: skip
+    env_file.unlink()
+    assert proc.returncode == 0, proc.stderr
+    engine = json.loads(proc.stdout)["services"]["vllm" if profile == "gpu" else "vllm-cpu"]
+    assert engine["entrypoint"] == ["vllama", "engine"]
+    planned = subprocess.run(
+        [str(VENV_BIN / "python"), "-m", "vllama.cli.main", "engine", "--print"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "app"), **_env(engine)},
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    command = json.loads(planned.stdout)["command"]
+    i = command.index("--override-generation-config")
+    assert json.loads(command[i + 1]) == {"temperature": 0.5, "top_p": 0.9}
+    assert command[command.index("--max-model-len") + 1] == "512"
+    assert command[command.index("--host") + 1] == "0.0.0.0"
