@@ -50,7 +50,7 @@ apt_mirror() {
 
 # A suite this machine does not use (trixie on a bookworm host) comes from the mirror that
 # serves this machine's own Debian suite: a Debian mirror carries every release.
-own_suite=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+own_suite=$(sed -n "s/^VERSION_CODENAME=//p" /etc/os-release 2>/dev/null | head -n1)
 mirror=${VLLAMA_DEBIAN_MIRROR:-$(apt_mirror | head -n1)}
 if [ -z "$mirror" ] && [ -n "$own_suite" ] && [ "$own_suite" != "$SUITE" ]; then
   mirror=$(SUITE=$own_suite apt_mirror | head -n1)
