@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tests.ops.conftest import REPO, run
 
-IMAGE_DIR = REPO / "images" / "systemd-host"
+IMAGE_DIR = REPO / "images" / "helpers" / "systemd-host"
 ANSIBLE_DIR = REPO / "ops" / "ansible"
 OPS_VENV = REPO / ".venv-ops"
 # Ports the tests reach on the host: SSH, the proxy's HTTPS site, Prometheus.
