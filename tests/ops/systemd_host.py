@@ -140,6 +140,16 @@ def systemd_host(
             out = _checked(["docker", "port", name, str(port)], "docker port", 30)
             published[port] = int(out.splitlines()[0].rsplit(":", 1)[1])
         host = Host(name, published, key)
+        if nested_docker:
+            # /proc/sys is read-only in a container that is not --privileged: Docker 26
+            # cannot switch IPv6 off on its containers' interfaces and must be told to
+            # carry on (its own error message names this variable). Any docker.service
+            # installed later picks the drop-in up.
+            dropin = "/etc/systemd/system/docker.service.d/vllama-test-host.conf"
+            host.sh(
+                f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\n"
+                f"Environment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\\n' > {dropin}"
+            )
         deadline = time.monotonic() + 120
         while host.sh("systemctl is-active ssh.service").stdout.strip() != "active":
             if time.monotonic() > deadline:
