@@ -20,9 +20,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from vllama.cli.output import USAGE, CliError, emit_json
+from vllama.cli.output import FAILED, USAGE, CliError, emit_json
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import ENGINE_HOST, EngineSpec, engine_spec, is_cpu_build
+from vllama.models.store import ModelStore
 
 DEFAULT_PORT = 8000  # vLLM's own default
 ENV = {
@@ -103,6 +104,26 @@ def engine_flags(args: argparse.Namespace, environ: Mapping[str, str]) -> list[s
     return flags + list(getattr(args, "engine_extra", []) or [])
 
 
+def check_model_ready(model: str, settings: Settings, environ: Mapping[str, str]) -> None:
+    """Refuse to hand vLLM a model from the cache that is half-written, or (offline) not
+    there at all: it would fail later, or serve a broken model."""
+    ref = settings.resolve_alias(model)
+    if Path(ref).is_dir():
+        return
+    store = ModelStore(settings)
+    reason = store.unfinished(ref)
+    if reason:
+        raise CliError(reason, FAILED)
+    offline = environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if offline and store.find(ref) is None:
+        raise CliError(
+            f"model '{ref}' is not in the model cache ({store.cache_dir or 'the Hugging Face cache'}) "
+            f"and the engine runs offline (HF_HUB_OFFLINE=1): download it first with "
+            f"`vllama pull {ref}` (as the user the engine runs as)",
+            FAILED,
+        )
+
+
 def plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> EngineSpec:
     """The engine `vllama engine` would run, from flags, then the environment."""
     model = args.model or environ.get(ENV["model"], "").strip()
@@ -113,6 +134,7 @@ def plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     )
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise CliError(f"engine port {port_text!r} is not a port number (1-65535)", USAGE)
+    check_model_ready(model, settings, environ)
     launch = ModelLaunch(
         model=model,
         served_name=args.served_name or environ.get(ENV["served_name"]) or None,

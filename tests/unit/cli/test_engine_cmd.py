@@ -133,3 +133,13 @@ def test_print_shows_what_would_run_as_json(tmp_path: Path) -> None:
     command = out["command"]
     assert command[command.index("--override-generation-config") + 1] == JSON_VALUE
     assert out["env"]["VLLM_NO_USAGE_STATS"] == "1"
+
+
+def test_offline_engine_refuses_a_model_that_is_not_in_the_cache(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["engine", "--model", "org/absent"])
+    args.engine_extra = []
+    settings = Settings.model_validate({"cache_dir": tmp_path})
+    with pytest.raises(CliError) as err:
+        plan(args, settings, {"HF_HUB_OFFLINE": "1"})
+    assert "not in the model cache" in str(err.value) and "vllama pull org/absent" in str(err.value)
+    assert plan(args, settings, {}).command  # online, vLLM may download it itself

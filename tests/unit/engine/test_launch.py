@@ -82,3 +82,21 @@ def test_parsers_become_capabilities() -> None:
         environ={},
     )
     assert spec.engine_config().capabilities == ["thinking"]
+
+
+def test_images_use_the_one_cache_layout() -> None:
+    """vllama's cache_dir is $HF_HOME/hub in every image, so the façade's pulls and the
+    engines (HF_HUB_CACHE from launch.cache_env, or HF_HOME's default) share one folder."""
+    import re
+
+    repo = Path(__file__).resolve().parents[3]
+    text = (repo / "images" / "Dockerfile").read_text()
+    # Each ENV block (the runtime base of facade and vllm-cpu, the vllm target) says it.
+    blocks = [b for b in text.split("\nENV ") if "HF_HOME=" in b]
+    assert len(blocks) == 2, blocks
+    for block in blocks:
+        home = re.search(r"HF_HOME=(\S+)", block)
+        cache = re.search(r"VLLAMA_CACHE_DIR=(\S+)", block)
+        hub = re.search(r"HF_HUB_CACHE=(\S+)", block)
+        assert home and cache and hub, block
+        assert cache.group(1) == hub.group(1) == f"{home.group(1)}/hub", block
