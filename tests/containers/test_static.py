@@ -301,7 +301,9 @@ def test_no_mirror_host_or_machine_path_in_owned_files() -> None:
     ids=["shell-quoted", "json-list"],
 )
 @pytest.mark.parametrize("profile", ["gpu", "cpu"])
-def test_a_json_valued_engine_flag_reaches_vllm_as_one_argument(profile: str, flags: str) -> None:
+def test_a_json_valued_engine_flag_reaches_vllm_as_one_argument(
+    profile: str, flags: str, tmp_path: Path
+) -> None:
     """.env's engine flags, through compose's own interpolation, into `vllama engine`: the
     JSON value arrives as one argument of vLLM's command line (no shell splits it)."""
     var = "VLLAMA_ENGINE_ARGS" if profile == "gpu" else "VLLAMA_CPU_ENGINE_ARGS"
@@ -318,10 +320,15 @@ def test_a_json_valued_engine_flag_reaches_vllm_as_one_argument(profile: str, fl
     assert proc.returncode == 0, proc.stderr
     engine = json.loads(proc.stdout)["services"]["vllm" if profile == "gpu" else "vllm-cpu"]
     assert engine["entrypoint"] == ["vllama", "engine"]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     planned = subprocess.run(
         [str(VENV_BIN / "python"), "-m", "vllama.cli.main", "engine", "--print"],
         capture_output=True, text=True, timeout=60, check=False,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "app"), **_env(engine)},
+        # The model: a directory here (`vllama engine` checks an offline model is there).
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "app"), **_env(engine),
+             "VLLAMA_ENGINE_MODEL": str(model)},
     )  # fmt: skip
     assert planned.returncode == 0, planned.stderr
     command = json.loads(planned.stdout)["command"]
