@@ -93,6 +93,16 @@ class Host:
     def show(self, unit: str, prop: str) -> str:
         return self.sh(f"systemctl show -p {prop} --value {unit}").stdout.strip()
 
+    def caddy_root_ca(self, dest: Path) -> Path:
+        """The root certificate of the host's Caddy (vllama_proxy, TLS mode internal), copied
+        to `dest` once: clients trust it to reach the proxy over HTTPS."""
+        if not dest.exists():
+            src = f"{self.name}:/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+            subprocess.run(
+                ["docker", "cp", src, str(dest)], check=True, capture_output=True, timeout=60
+            )
+        return dest
+
 
 # What a Docker engine inside the host needs (checked on these machines): network and
 # mount privileges without --privileged, cgroups writable, and /var/lib/docker on a volume

@@ -114,14 +114,7 @@ class Deployment:
 
     def proxy_client(self) -> ollama.Client:
         # Caddy's internal CA (the default TLS mode) signs the proxy's certificate.
-        ca = self.workdir / "caddy-root.crt"
-        if not ca.exists():
-            src = (
-                f"{self.host.name}:/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
-            )
-            subprocess.run(
-                ["docker", "cp", src, str(ca)], check=True, capture_output=True, timeout=60
-            )
+        ca = self.host.caddy_root_ca(self.workdir / "caddy-root.crt")
         return ollama.Client(
             host=f"https://localhost:{self.host.ports[443]}", verify=str(ca), timeout=60
         )

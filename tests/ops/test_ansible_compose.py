@@ -89,15 +89,7 @@ class ComposeDeployment:
         return ca
 
     def gateway_ca(self) -> Path:
-        ca = self.workdir / "gateway-root.crt"
-        if not ca.exists():
-            src = (
-                f"{self.host.name}:/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
-            )
-            subprocess.run(
-                ["docker", "cp", src, str(ca)], check=True, capture_output=True, timeout=60
-            )
-        return ca
+        return self.host.caddy_root_ca(self.workdir / "gateway-root.crt")
 
 
 @pytest.fixture(scope="module")
