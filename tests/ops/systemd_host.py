@@ -106,9 +106,12 @@ class Host:
 
 # What a Docker engine inside the host needs (checked on these machines): network and
 # mount privileges without --privileged, cgroups writable, and /var/lib/docker on a volume
-# (overlay2 does not stack on the container's own overlay root).
+# (overlay2 does not stack on the container's own overlay root). SYS_PTRACE: runc opens
+# /proc/PID/ns/* of a container's process to `docker exec` into it (healthchecks), which
+# root may do to another user's process only with it; a real host's root has it.
 NESTED_DOCKER_ARGS = [
     "--cap-add", "NET_ADMIN",
+    "--cap-add", "SYS_PTRACE",
     "--security-opt", "seccomp=unconfined",
     "--security-opt", "apparmor=unconfined",
 ]  # fmt: skip
