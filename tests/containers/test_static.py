@@ -336,3 +336,24 @@ def test_a_json_valued_engine_flag_reaches_vllm_as_one_argument(
     assert json.loads(command[i + 1]) == {"temperature": 0.5, "top_p": 0.9}
     assert command[command.index("--max-model-len") + 1] == "512"
     assert command[command.index("--host") + 1] == "0.0.0.0"
+
+
+# `vllama` as a requirement by name (optionally with extras or a version), not a path.
+BARE_VLLAMA = re.compile(r"""(?<![\w/.*-])vllama(\[[^\]]*\])?([=<>~!]=[^\s"']*)?(?=[\s"',\]]|$)""")
+
+
+def test_vllama_is_never_installed_by_name_from_an_index() -> None:
+    """An unrelated project named `vllama` exists on PyPI: every image installs the wheel
+    built from this checkout, by path, after checking its sha256."""
+    sources = [REPO / "images" / "Dockerfile", *sorted((REPO / "images" / "build").glob("*.sh"))]
+    for path in sources:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "pip" in line and "install" in line:
+                assert not BARE_VLLAMA.search(line), f"{path.name}:{n}: {line.strip()}"
+    script = (REPO / "images" / "build" / "install-vllama.sh").read_text()
+    assert "sha256sum --strict -c SHA256SUMS" in script
+    assert "wheel=$(find /wheels -maxdepth 1 -name 'vllama-*.whl')" in script
+    assert BARE_VLLAMA.search("pip install vllama") and BARE_VLLAMA.search(
+        'pip install "vllama==0.1"'
+    )
+    assert not BARE_VLLAMA.search("pip install /wheels/vllama-0.1.0-py3-none-any.whl")
