@@ -144,7 +144,8 @@ def compose_deployed() -> Iterator[ComposeDeployment]:
                 },
                 groups=("gpu_hosts", "gateway"),
             )
-            first = run_playbook(bin_dir, inventory)
+            # Loading 5 GB of images and two engines' first start, on a shared machine.
+            first = run_playbook(bin_dir, inventory, timeout=2700)
             print(f"\nfirst deploy.yml run (compose mode): {first.seconds:.0f}s")
             if first.rc != 0 or first.failed:
                 ps = host.sh(
