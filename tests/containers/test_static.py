@@ -138,6 +138,7 @@ def test_compose_config_clean_and_policies_hold(
             assert port.get("host_ip") == "127.0.0.1", (name, port)
         if name in ONE_SHOTS:
             assert svc.get("restart") == "no", f"one-shot {name} must not be restarted"
+            assert svc["healthcheck"].get("disable") is True, name
             continue
         assert svc.get("restart") in {"unless-stopped", "always", "on-failure"}, name
         health = svc.get("healthcheck") or {}
