@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines import free_port
+from tests.procs import free_port
 from tests.unit.cli.hub_standin import GATED, REPO, standin_hub
 
 pytestmark = pytest.mark.timeout(120)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.ops.conftest import REPO, run
+from tests.procs import wait_for
 
 IMAGE_DIR = REPO / "images" / "systemd-host"
 ANSIBLE_DIR = REPO / "ops" / "ansible"
@@ -110,13 +111,15 @@ def systemd_host(workdir: Path, mounts: dict[Path, str]) -> Iterator[Host]:
             out = _checked(["docker", "port", name, str(port)], "docker port", 30)
             ports[port] = int(out.splitlines()[0].rsplit(":", 1)[1])
         host = Host(name, ports, key)
-        deadline = time.monotonic() + 120
-        while host.sh("systemctl is-active ssh.service").stdout.strip() != "active":
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"sshd in {name} not active after 120s: {host.sh('systemctl --failed').stdout}"
-                )
-            time.sleep(0.5)
+        try:
+            wait_for(
+                lambda: host.sh("systemctl is-active ssh.service").stdout.strip() == "active",
+                f"sshd in {name} active",
+                120,
+                interval=0.5,
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {host.sh('systemctl --failed').stdout}") from None
         yield host
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
