@@ -17,14 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from vllama.server.deps import (
-    get_metrics,
-    get_pool,
-    record_usage,
-    resolve_model,
-    set_priority,
-    upstream_headers,
-)
+from vllama.server import deps
 from vllama.server.errors import error_response, openai_error_body, upstream_error_response
 from vllama.server.streaming import ProxyStream
 from vllama.upstream.errors import UpstreamError
@@ -100,18 +93,18 @@ async def forward(request: Request, *, route: str) -> Response:
         return _bad_request(path, *problem)
     name: str = body["model"]
     stream = body.get("stream") is True
-    pool = get_pool(request)
-    metrics = get_metrics(request)
+    pool = deps.get_pool(request)
+    metrics = deps.get_metrics(request)
     try:
-        model = resolve_model(request, name)
+        model = deps.resolve_model(request, name)
     except UpstreamError as exc:
         return upstream_error_response(path, exc)
     body["model"] = model.id
-    set_priority(request, body)
+    deps.set_priority(request, body)
     headers = {
         "Content-Type": "application/json",
         "Accept": request.headers.get("accept", "*/*"),
-        **upstream_headers(request),
+        **deps.upstream_headers(request),
     }
     data = json.dumps(body, ensure_ascii=False).encode()
     own = time.perf_counter() - start
@@ -152,7 +145,7 @@ async def forward(request: Request, *, route: str) -> Response:
         t = time.perf_counter()
         usage = tail.usage() if upstream.status < 400 else None
         if usage is not None:
-            record_usage(request, model.id, *usage)
+            deps.record_usage(request, model.id, *usage)
         if metrics is not None:
             metrics.observe_overhead(API, route, own + time.perf_counter() - t)
 
@@ -185,7 +178,7 @@ def _card(id_: str, model: ServedModel, *, alias_of: str | None = None) -> dict[
 
 def _cards(request: Request) -> list[dict[str, Any]]:
     """Served models, then each alias whose target is served."""
-    pool = get_pool(request)
+    pool = deps.get_pool(request)
     models = {m.id: m for m in pool.models()}
     cards = [_card(m.id, m) for m in models.values()]
     for alias, target in pool.aliases.items():
@@ -203,7 +196,7 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
         if card["id"] == model_id:
             return JSONResponse(card)
     try:
-        model = get_pool(request).resolve(model_id)
+        model = deps.get_pool(request).resolve(model_id)
     except UpstreamError as exc:
         return upstream_error_response(request.url.path, exc)
     return JSONResponse(_card(model_id, model, alias_of=None if model_id == model.id else model.id))
