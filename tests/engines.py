@@ -1,13 +1,14 @@
 """Real vLLM engines (the CPU build) for tests: start, wait until healthy, stop.
 
-Set VLLAMA_TEST_CHAT_ENGINE / VLLAMA_TEST_EMBED_ENGINE to the URL of an engine that is
-already running (started with `python -m tests.engines chat --port N`) to skip the 1-2
-minute start while iterating. Tests that kill or restart an engine start their own.
+Set VLLAMA_TEST_CHAT_ENGINE / VLLAMA_TEST_EMBED_ENGINE / VLLAMA_TEST_SCRIPTED_ENGINE to the
+URL of an engine that is already running (started with `python -m tests.engines chat --port
+N`) to skip the 1-2 minute start while iterating. Tests that kill or restart an engine start their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,33 @@ CACHE = REPO / ".cache"
 
 CHAT_MODEL = "vllama-demo"
 EMBED_MODEL = "all-minilm"
+SCRIPTED_MODEL = "vllama-scripted"
+MODELS = {"chat": CHAT_MODEL, "embed": EMBED_MODEL, "scripted": SCRIPTED_MODEL}
+# The scripted model's engine: the parsers a Qwen3 deployment uses, thinking off unless asked.
+SCRIPTED_FLAGS = [
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "hermes",
+    "--reasoning-parser",
+    "qwen3",
+    "--default-chat-template-kwargs",
+    '{"enable_thinking": false}',
+    "--enable-log-requests",  # with REQUEST_LOG_CONFIG: each request's body in the log
+]
+# vLLM logs a request's JSON body and rendered prompt at DEBUG only: DEBUG for its request
+# logger alone, so tests can read what the engine received (vllm/logger.py's config shape).
+REQUEST_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "vllm": {"()": "vllm.logging_utils.NewLineFormatter", "format": "%(levelname)s %(message)s"}
+    },
+    "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": "DEBUG"}},
+    "loggers": {
+        "vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False},
+        "vllm.entrypoints.serve.utils.request_logger": {"level": "DEBUG"},
+    },
+}
 START_TIMEOUT_S = float(os.environ.get("VLLAMA_TEST_ENGINE_TIMEOUT", "420"))
 
 
@@ -29,6 +57,12 @@ def demo_model_dir() -> Path:
     from vllama.engine.demo_model import build_demo_model
 
     return build_demo_model(CACHE / "models" / CHAT_MODEL)
+
+
+def scripted_model_dir() -> Path:
+    from tests.models.scripted import build_scripted_model
+
+    return build_scripted_model(CACHE / "models" / SCRIPTED_MODEL)
 
 
 def embed_model_dir() -> Path:
@@ -84,7 +118,28 @@ def engine_command(kind: str, port: int) -> list[str]:
             "--max-model-len",
             "256",
         ]
+    if kind == "scripted":
+        return [
+            *base,
+            "--model",
+            str(scripted_model_dir()),
+            "--served-model-name",
+            SCRIPTED_MODEL,
+            "--max-model-len",
+            "512",
+            *SCRIPTED_FLAGS,
+        ]
     raise ValueError(kind)
+
+
+def kind_env(kind: str) -> dict[str, str]:
+    env = engine_env()
+    if kind == "scripted":
+        LOGS.mkdir(parents=True, exist_ok=True)
+        config = LOGS / "engine-request-log.json"
+        config.write_text(json.dumps(REQUEST_LOG_CONFIG))
+        env["VLLM_LOGGING_CONFIG_PATH"] = str(config)
+    return env
 
 
 @dataclass
@@ -93,6 +148,7 @@ class Engine:
     url: str
     model: str
     process: procs.Proc | None = None  # None: started by someone else
+    log: Path | None = None  # its output, when this machine has it
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -129,9 +185,9 @@ def start_engine(
         [*engine_command(kind, port), *extra_args],
         LOGS / f"engine-{kind}-{port}.log",
         url=url,
-        env=engine_env(),
+        env=kind_env(kind),
     )
-    engine = Engine(kind, url, CHAT_MODEL if kind == "chat" else EMBED_MODEL, process)
+    engine = Engine(kind, url, MODELS[kind], process, process.log)
     if wait:
         try:
             engine.wait_healthy()
@@ -156,7 +212,9 @@ def engine_for(kind: str) -> Iterator[Engine]:
     """The engine from VLLAMA_TEST_<KIND>_ENGINE if set, else a fresh one for this block."""
     url = os.environ.get(f"VLLAMA_TEST_{kind.upper()}_ENGINE")
     if url:
-        engine = Engine(kind, url.rstrip("/"), CHAT_MODEL if kind == "chat" else EMBED_MODEL)
+        engine = Engine(kind, url.rstrip("/"), MODELS[kind])
+        own_log = LOGS / f"engine-{kind}-{engine.port}.log"  # `python -m tests.engines` writes it
+        engine.log = own_log if own_log.exists() else None
         engine.wait_healthy(30)
         yield engine
         return
@@ -173,7 +231,7 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["chat", "embed"])
+    parser.add_argument("kind", choices=sorted(MODELS))
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
     engine = start_engine(args.kind, args.port)

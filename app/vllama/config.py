@@ -22,6 +22,7 @@ from vllama.names import resolve_alias
 
 ENV_PREFIX = "VLLAMA_"
 DEFAULT_PORT = 11434  # Ollama's port: every Ollama client's default
+DEFAULT_MAX_IMAGE_PIXELS = 7680 * 4320
 
 
 class ConfigError(Exception):
@@ -38,10 +39,10 @@ class EngineConfig(BaseModel):
     models: list[str] = Field(default_factory=list)
     # Sent upstream as `Authorization: Bearer` when the engine was started with --api-key.
     api_key: str | None = None
-    # What the engine was started with, for /api/show capabilities (vLLM does not report
-    # tool/reasoning parsers). "completion"/"embedding" are detected when not given.
-    capabilities: list[Literal["completion", "embedding", "tools", "thinking", "vision"]] = Field(
-        default_factory=list
+    # None: detected (tools, thinking and vision by probing the engine at discovery;
+    # completion/embedding always). A list overrides the detection of tools/thinking/vision.
+    capabilities: list[Literal["completion", "embedding", "tools", "thinking", "vision"]] | None = (
+        None
     )
 
     @field_validator("url")
@@ -90,6 +91,9 @@ class Settings(BaseModel):
 
     # Limits.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Pixels of one image in a request (read from its header); 8K UHD by default. Larger
+    # ones are a 400: vLLM answered 500 to a 14000x14000 PNG and spends seconds on big ones.
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_queue: int = Field(512, ge=0)  # waiting requests before "server busy" (Ollama: 512)
     max_in_flight: int = Field(1024, ge=1)  # concurrent upstream requests before queueing
     # Per-client rate limit on inference routes (429 + Retry-After); None: off. Client =

@@ -2,7 +2,8 @@
 every assertion, since each load takes a minute or two:
 
 1. it builds/reuses the demo model and answers `ollama.chat` within its startup timeout;
-   the engine runs in its own process group and logs to its file, not the terminal;
+   the engine runs in its own process group and logs to its file, not the terminal; its
+   capabilities come from its arguments (a tool parser here), not from probes;
 2. SIGKILL to the engine's process group: the supervisor restarts it (with backoff), the
    restart is counted in /metrics, and requests succeed again;
 3. SIGTERM to `vllama serve` during streams: they complete, then no engine process and
@@ -64,9 +65,13 @@ def test_supervised_demo_engine(tmp_path: Path) -> None:
         "VLLAMA_HEALTH_INTERVAL_S": "0.5",
     }
     started = time.monotonic()
-    with run_serve(["--demo"], tmp_path, env=env, ready_timeout=STARTUP_TIMEOUT_S + 60) as serve:
+    args = ["--demo", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    with run_serve(args, tmp_path, env=env, ready_timeout=STARTUP_TIMEOUT_S + 60) as serve:
         print(f"vllama serve --demo ready after {time.monotonic() - started:.0f}s")
         assert chat_ok(serve.url)
+        show = ollama.Client(host=serve.url, timeout=30).show("vllama-demo")
+        assert show.capabilities == ["completion", "tools"]
+        assert "capabilities detected" not in serve.text()  # the arguments said it
         [engine_pid] = serve.children()
         assert os.getpgid(engine_pid) == engine_pid  # its own process group
         out = serve.text()

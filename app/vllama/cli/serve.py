@@ -129,6 +129,16 @@ def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLa
     return out
 
 
+def _reads_images(launch: ModelLaunch, settings: Settings) -> bool:
+    """The model's config.json (local or in the cache) says it is a vision model."""
+    from vllama.models.info import read_model_config
+    from vllama.upstream.capabilities import vision_in_config
+
+    return vision_in_config(
+        read_model_config(settings.resolve_alias(launch.model), settings.cache_dir)
+    )
+
+
 def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
     _configure_logging(settings)
     todo = launches(args, settings)
@@ -147,7 +157,14 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
         )
     cpu = is_cpu_build()
     specs: list[EngineSpec] = [
-        engine_spec(launch, settings, launch.port or free_port(), cpu_build=cpu, demo=demo)
+        engine_spec(
+            launch,
+            settings,
+            launch.port or free_port(),
+            cpu_build=cpu,
+            demo=demo,
+            vision=_reads_images(launch, settings),
+        )
         for launch, demo in todo
     ]
     settings.engines = [*settings.engines, *(s.engine_config() for s in specs)]

@@ -46,11 +46,15 @@ def is_cpu_build() -> bool:
 
 
 def capabilities_from_args(args: Sequence[str]) -> list[str]:
-    """What /api/show should report for an engine started with `args` (vLLM cannot tell)."""
+    """What /api/show should report for an engine started with `args` (vLLM cannot tell).
+
+    Tool calls need --enable-auto-tool-choice: vLLM refuses to start it without a
+    --tool-call-parser, and with a parser alone it refuses `tool_choice: "auto"`.
+    """
     caps: list[str] = []
-    if any(a.startswith(("--tool-call-parser", "--enable-auto-tool-choice")) for a in args):
+    if has_flag(args, "--enable-auto-tool-choice"):
         caps.append("tools")
-    if any(a.startswith("--reasoning-parser") for a in args):
+    if has_flag(args, "--reasoning-parser"):
         caps.append("thinking")
     return caps
 
@@ -91,6 +95,7 @@ class EngineSpec:
         return f"http://127.0.0.1:{self.port}"
 
     def engine_config(self) -> EngineConfig:
+        """The pool's view; its capabilities come from here (the arguments), not probes."""
         caps = [c for c in self.capabilities if c in {"tools", "thinking", "vision"}]
         return EngineConfig.model_validate(
             {"url": self.url, "models": [self.name], "capabilities": caps}
@@ -104,9 +109,13 @@ def engine_spec(
     *,
     cpu_build: bool,
     demo: bool = False,
+    vision: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> EngineSpec:
-    """The command line and environment for the engine that serves `launch`."""
+    """The command line and environment for the engine that serves `launch`.
+
+    `vision`: the model's files say it reads images (the caller reads them).
+    """
     environ = os.environ if environ is None else environ
     model_ref = settings.resolve_alias(launch.model)
     name = served_name(launch, model_ref)
@@ -145,5 +154,5 @@ def engine_spec(
         port=port,
         command=command,
         env=env,
-        capabilities=capabilities_from_args(args),
+        capabilities=[*capabilities_from_args(args), *(["vision"] if vision else [])],
     )

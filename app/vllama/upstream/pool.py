@@ -21,7 +21,7 @@ import aiohttp
 
 from vllama.config import EngineConfig, Settings
 from vllama.names import strip_latest
-from vllama.upstream import discovery
+from vllama.upstream import capabilities, discovery
 from vllama.upstream.aliases import Aliases
 from vllama.upstream.balancer import LeastOutstanding
 from vllama.upstream.breaker import BreakerState, CircuitBreaker
@@ -91,12 +91,22 @@ class Engine:
         self.healthy = False
         self.outstanding = 0
         self.kind: str | None = None  # "completion"/"embedding" once known
+        # What the probes found (None: not probed since the engine last came up).
+        self.detected: capabilities.Detected | None = None
+
+    @property
+    def wants_probe(self) -> bool:
+        """Capabilities not given in the config, and not all known yet."""
+        declared = self.config.capabilities is not None
+        return not declared and (self.detected is None or not self.detected.complete)
 
     def capabilities(self, card: discovery.ModelCard) -> frozenset[str]:
-        declared: set[str] = set(self.config.capabilities)
-        if not declared & {"completion", "embedding"}:
-            declared.add(card.kind or self.kind or "completion")
-        return frozenset(declared)
+        caps: set[str] = set(self.config.capabilities or ())
+        if self.config.capabilities is None and self.detected is not None:
+            caps |= self.detected.capabilities
+        if not caps & {"completion", "embedding"}:
+            caps.add(card.kind or self.kind or "completion")
+        return frozenset(caps)
 
 
 class EnginePool:
@@ -263,6 +273,7 @@ class EnginePool:
             engine.breaker.record_failure()
             if was_healthy:
                 log.warning("engine %s failed its health check", engine.url)
+                engine.detected = None  # it may come back with other flags: probe again
             return
         if engine.breaker.state is not BreakerState.OPEN:
             engine.breaker.record_success()  # half-open: health-checked back in
@@ -291,6 +302,15 @@ class EnginePool:
                 )
                 for c in cards
             ]
+        if engine.kind != "embedding" and cards and engine.wants_probe:
+            engine.detected = await capabilities.detect(
+                self.session, engine.url, cards[0].id, self._auth(engine), timeout
+            )
+            log.info(
+                "engine %s capabilities detected: %s",
+                engine.url,
+                ", ".join(sorted(engine.detected.capabilities)) or "none beyond completion",
+            )
         engine.cards = cards
         self._rebuild()
 

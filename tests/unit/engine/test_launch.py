@@ -68,7 +68,11 @@ def test_user_flags_win_over_cpu_defaults() -> None:
 
 
 def test_parsers_become_capabilities() -> None:
-    assert capabilities_from_args(["--tool-call-parser", "hermes"]) == ["tools"]
+    # A parser alone: vLLM still refuses tool_choice "auto", so no tool calls arrive.
+    assert capabilities_from_args(["--tool-call-parser", "hermes"]) == []
+    assert capabilities_from_args(
+        ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    ) == ["tools"]
     assert capabilities_from_args(["--enable-auto-tool-choice", "--reasoning-parser=qwen3"]) == [
         "tools",
         "thinking",
@@ -82,3 +86,11 @@ def test_parsers_become_capabilities() -> None:
         environ={},
     )
     assert spec.engine_config().capabilities == ["thinking"]
+
+
+def test_a_vision_model_is_reported_with_its_parsers() -> None:
+    launch = ModelLaunch(model="m", engine_args=["--enable-auto-tool-choice"])
+    spec = engine_spec(launch, _settings(), 1, cpu_build=False, vision=True)
+    assert spec.engine_config().capabilities == ["tools", "vision"]
+    plain = engine_spec(ModelLaunch(model="m"), _settings(), 1, cpu_build=False)
+    assert plain.engine_config().capabilities == []  # given, so never probed

@@ -79,7 +79,7 @@ async def generation(request: Request, *, kind: str) -> Response:
         if "embedding" in card.capabilities and "completion" not in card.capabilities:
             raise Refused(400, f'"{name}" does not support {kind}: it is an embedding model')
         translate = to_openai.chat_request if kind == "chat" else to_openai.generate_request
-        call = translate(body, traits(card))
+        call = translate(body, traits(request, card))
         set_priority(request, call.body)
         stream = body.get("stream") is not False
     except Exception as exc:

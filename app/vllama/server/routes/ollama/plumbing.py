@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from vllama.server.deps import get_settings
 from vllama.server.errors import error_response, upstream_error_response
 from vllama.translate import ModelTraits, TranslationError
 from vllama.translate.fields import require_object
@@ -59,8 +60,12 @@ async def read_body(request: Request) -> dict[str, Any]:
     return require_object(value)
 
 
-def traits(card: ServedModel) -> ModelTraits:
-    return ModelTraits(max_model_len=card.max_model_len, capabilities=card.capabilities)
+def traits(request: Request, card: ServedModel) -> ModelTraits:
+    return ModelTraits(
+        max_model_len=card.max_model_len,
+        capabilities=card.capabilities,
+        max_image_pixels=get_settings(request).max_image_pixels,
+    )
 
 
 def ndjson_line(obj: Mapping[str, Any]) -> bytes:
