@@ -27,8 +27,6 @@ from vllama.engine.supervisor import http_ok
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".cache" / "logs"
 
-__all__ = ["REPO", "Proc", "free_port", "http_ok", "running", "start", "wait_for"]
-
 T = TypeVar("T")
 P = TypeVar("P", bound="Proc")
 

@@ -167,9 +167,11 @@ def test_langchain_bind_tools_on_chat_ollama(facade: str, scripted_engine: Engin
     from langchain_ollama import ChatOllama
 
     request_id = rid()
-    llm = ChatOllama(
+    chat = ChatOllama(
         model=MODEL, base_url=facade, client_kwargs={"headers": {"X-Request-ID": request_id}}
-    ).bind_tools([WEATHER])
+    )
+    _open.append(chat._client)  # langchain-ollama 1.1 has no close(); this is its client
+    llm = chat.bind_tools([WEATHER])
     messages: list[Any] = [HumanMessage("What is the weather in Paris?")]
     ai = llm.invoke(messages)
     (call,) = ai.tool_calls
