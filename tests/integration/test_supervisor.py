@@ -69,7 +69,8 @@ def test_supervised_demo_engine(tmp_path: Path) -> None:
     with run_serve(args, tmp_path, env=env, ready_timeout=STARTUP_TIMEOUT_S + 60) as serve:
         print(f"vllama serve --demo ready after {time.monotonic() - started:.0f}s")
         assert chat_ok(serve.url)
-        show = ollama.Client(host=serve.url, timeout=30).show("vllama-demo")
+        with ollama.Client(host=serve.url, timeout=30) as client:
+            show = client.show("vllama-demo")
         assert show.capabilities == ["completion", "tools"]
         assert "capabilities detected" not in serve.text()  # the arguments said it
         [engine_pid] = serve.children()
