@@ -130,11 +130,12 @@ def start(
     *,
     url: str = "",
     env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     cwd: Path = REPO,
     kind: type[P] = Proc,  # type: ignore[assignment]
 ) -> P:
     """Start `cmd` in a process group of its own, stdout and stderr into `log`. `env`
-    adds to (or overrides) this process's environment."""
+    adds to (or overrides) this process's environment; `environ` replaces it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         popen = subprocess.Popen(
@@ -142,7 +143,7 @@ def start(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**(os.environ if environ is None else environ), **(env or {})},
             cwd=str(cwd),
             start_new_session=True,
         )

@@ -90,8 +90,9 @@ def test_list_as_a_table_json_and_names(tmp_path: Path, capsys: pytest.CaptureFi
     settings = settings_for(tmp_path)
     models_cmd.run_list(opts(), settings, {})
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["NAME", "SIZE", "FILES", "MODIFIED"]
-    assert row.split()[:4] == ["vllama-demo", "2.0", "MB", "2"] and row.endswith("just now")
+    assert header.split() == ["NAME", "SIZE", "FILES", "MODIFIED", "STATUS"]
+    assert row.split()[:4] == ["vllama-demo", "2.0", "MB", "2"]
+    assert row.endswith("just now  complete")
     models_cmd.run_list(opts(json=True), settings, {})
     [model] = json.loads(capsys.readouterr().out)["models"]
     assert (model["name"], model["kind"], model["files"]) == ("vllama-demo", "demo", 2)
@@ -160,8 +161,10 @@ def test_pull_names_what_it_fetched(
         monkeypatch.setenv("HF_ENDPOINT", url)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         models_cmd.run_pull(opts(name="tiny:latest", revision=None, json=True), settings, {})
-        pulled = json.loads(capsys.readouterr().out)
-        assert pulled["name"] == REPO and (Path(pulled["path"]) / "config.json").is_file()
+        *progress, pulled = map(json.loads, capsys.readouterr().out.splitlines())
+        assert progress and all("status" in p for p in progress)
+        assert pulled["status"] == "success" and pulled["name"] == REPO
+        assert (Path(pulled["path"]) / "config.json").is_file()
         with pytest.raises(CliError) as exc:
             models_cmd.run_pull(opts(name="vllama-test/gated-model", revision=None), settings, {})
     assert exc.value.code == FAILED and "HF_TOKEN" in str(exc.value)

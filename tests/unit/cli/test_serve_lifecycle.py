@@ -37,21 +37,27 @@ def test_engine_dying_while_loading_exits_3_with_its_log(tmp_path: Path) -> None
     assert port_free(proc.port)
 
 
-def sleeping_engine_pgid() -> int | None:
+def sleeping_engine_pgid(parent: int) -> int | None:
+    """The process group of `parent`'s `sleep 300` engine (ours only: other test runs on
+    this machine may sleep the same way)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if cmd.startswith(b"sleep\x00300"):
+            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+            if cmd.startswith(b"sleep\x00300") and ppid == parent:
                 return os.getpgid(int(entry.name))
     return None
 
 
 def test_sigterm_while_loading_stops_the_engine(tmp_path: Path) -> None:
     proc = serve(tmp_path, "echo loading; exec sleep 300")
-    engine_pgid = wait_for(sleeping_engine_pgid, "the engine to start", 60, interval=0.1)
+    engine_pgid = wait_for(
+        lambda: sleeping_engine_pgid(proc.pid), "the engine to start", 60, interval=0.1
+    )
     proc.popen.send_signal(signal.SIGTERM)
     code, out = proc.popen.wait(30), proc.text()
     assert code == 0, out

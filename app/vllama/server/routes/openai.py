@@ -8,6 +8,7 @@ paths only, so nothing else is forwarded (anything else under /v1 is a 404 in Op
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -17,8 +18,18 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from vllama.server import deps
+from vllama.server.deps import (
+    get_metrics,
+    get_pool,
+    is_large,
+    record_usage,
+    request_json,
+    resolve_model,
+    set_priority,
+    upstream_headers,
+)
 from vllama.server.errors import error_response, openai_error_body, upstream_error_response
+from vllama.server.jsonbody import InvalidJson
 from vllama.server.streaming import ProxyStream
 from vllama.upstream.errors import UpstreamError
 from vllama.upstream.pool import ServedModel
@@ -77,15 +88,18 @@ def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
 async def forward(request: Request, *, route: str) -> Response:
     """One inference request passed through."""
     start = time.perf_counter()
     path: str = request.scope["path"]
-    raw = await request.body()
     try:
-        body: Any = json.loads(raw)
-    except ValueError as exc:
-        return _bad_request(path, f"invalid JSON body: {exc}; send a JSON object")
+        body: Any = await request_json(request)
+    except InvalidJson as exc:
+        return _bad_request(path, f"invalid JSON body: {exc.message}; send a JSON object")
     if not isinstance(body, dict):
         return _bad_request(path, "the request body must be a JSON object")
     problem = _type_problem(route, body)
@@ -93,20 +107,23 @@ async def forward(request: Request, *, route: str) -> Response:
         return _bad_request(path, *problem)
     name: str = body["model"]
     stream = body.get("stream") is True
-    pool = deps.get_pool(request)
-    metrics = deps.get_metrics(request)
+    pool = get_pool(request)
+    metrics = get_metrics(request)
     try:
-        model = deps.resolve_model(request, name)
+        model = resolve_model(request, name)
     except UpstreamError as exc:
         return upstream_error_response(path, exc)
     body["model"] = model.id
-    deps.set_priority(request, body)
+    set_priority(request, body)
     headers = {
         "Content-Type": "application/json",
         "Accept": request.headers.get("accept", "*/*"),
-        **deps.upstream_headers(request),
+        **upstream_headers(request),
     }
-    data = json.dumps(body, ensure_ascii=False).encode()
+    if is_large(request):  # encoding megabytes: off the event loop
+        data = await asyncio.to_thread(_encode, body)
+    else:
+        data = _encode(body)
     own = time.perf_counter() - start
 
     stack = AsyncExitStack()
@@ -145,7 +162,7 @@ async def forward(request: Request, *, route: str) -> Response:
         t = time.perf_counter()
         usage = tail.usage() if upstream.status < 400 else None
         if usage is not None:
-            deps.record_usage(request, model.id, *usage)
+            record_usage(request, model.id, *usage)
         if metrics is not None:
             metrics.observe_overhead(API, route, own + time.perf_counter() - t)
 
@@ -178,7 +195,7 @@ def _card(id_: str, model: ServedModel, *, alias_of: str | None = None) -> dict[
 
 def _cards(request: Request) -> list[dict[str, Any]]:
     """Served models, then each alias whose target is served."""
-    pool = deps.get_pool(request)
+    pool = get_pool(request)
     models = {m.id: m for m in pool.models()}
     cards = [_card(m.id, m) for m in models.values()]
     for alias, target in pool.aliases.items():
@@ -196,7 +213,7 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
         if card["id"] == model_id:
             return JSONResponse(card)
     try:
-        model = deps.get_pool(request).resolve(model_id)
+        model = get_pool(request).resolve(model_id)
     except UpstreamError as exc:
         return upstream_error_response(request.url.path, exc)
     return JSONResponse(_card(model_id, model, alias_of=None if model_id == model.id else model.id))

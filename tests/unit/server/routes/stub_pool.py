@@ -73,6 +73,7 @@ class RecordingPool(EnginePool):
         body: dict[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        large: bool = False,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         self._record("stream_events", model, path, body, headers)
         script = self.script
@@ -92,6 +93,7 @@ class RecordingPool(EnginePool):
         body: dict[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        large: bool = False,
     ) -> dict[str, Any]:
         self._record("post_json", model, path, body, headers)
         return self.script.answer
@@ -125,7 +127,7 @@ def make_app(**settings: Any) -> tuple[FastAPI, RecordingPool]:
 
 def client_for(app: FastAPI) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://facade")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 def chat_event(content: str, finish: str | None = None) -> dict[str, Any]:

@@ -61,7 +61,7 @@ async def test_engine_errors_keep_their_status_and_body() -> None:
 @pytest.mark.parametrize(
     ("path", "content", "message", "param"),
     [
-        ("/v1/chat/completions", b"{oops", "invalid JSON body", None),
+        ("/v1/chat/completions", b"{oops", "invalid JSON", None),
         ("/v1/chat/completions", b"[1]", "must be a JSON object", None),
         ("/v1/chat/completions", b'{"model": "demo"}', "'messages' is required", "messages"),
         ("/v1/completions", b'{"prompt": "x"}', "'model' is required", "model"),

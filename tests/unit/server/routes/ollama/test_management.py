@@ -5,7 +5,7 @@ what it refuses, with the message that says what to do instead."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import pytest
@@ -21,13 +21,15 @@ class Store:
     def __init__(self, *names: str) -> None:
         self.names = set(names)
         self.pulled: list[str] = []
+        self.serving: set[str] = set()  # what the route said engines may serve
 
     async def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
         self.pulled.append(name)
         for status in ("pulling manifest", "pulling config.json", "success"):
             yield {"status": status}
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, serving: Collection[str] = ()) -> bool:
+        self.serving = set(serving)
         if name not in self.names:
             return False
         self.names.remove(name)
@@ -91,6 +93,7 @@ async def test_delete_refuses_a_served_model_and_asks_the_store_for_others() -> 
         unknown = await c.request("DELETE", "/api/delete", json={"model": "org/on-disk"})
     assert served.status_code == 409 and f"vllama rm {CHAT}" in served.json()["error"]
     assert on_disk.status_code == 200
+    assert {CHAT, "demo", "/models/vllama-demo"} <= app.state.model_store.serving
     assert (unknown.status_code, unknown.json()) == (
         404,
         {"error": "model 'org/on-disk' not found"},
