@@ -158,6 +158,10 @@ class _Relay:
     throttles: dict[str, float] = field(default_factory=dict)  # path part -> bytes/s
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    # The connections being relayed. asyncio keeps only weak references to tasks, and a
+    # client's hang-up drops the server's: without these a relay waiting on the hub would
+    # be collected pending, its connections left unclosed.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def _gate(self, writer: asyncio.StreamWriter, served: Served) -> None:
         # As the Hub answers a gated model's files: 401 anonymous, 403 without access.
@@ -184,6 +188,10 @@ class _Relay:
         await writer.drain()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(self.tasks.discard)  # type: ignore[arg-type]
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (
@@ -204,6 +212,7 @@ class _Relay:
         path = urlsplit(target).path
         served = Served(method, path, named.get("range"), "authorization" in named)
         self.log.append(served)
+        up_writer: asyncio.StreamWriter | None = None
         try:
             if path.startswith(f"/{GATED}/resolve/"):
                 await self._gate(writer, served)
@@ -239,12 +248,13 @@ class _Relay:
                 rate = next((r for part, r in self.throttles.items() if part in path), None)
                 if rate:
                     await asyncio.sleep(len(chunk) / rate)
-            up_writer.close()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # the client hung up (an interrupted download) or the hub stops
         finally:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                writer.close()
+            for open_writer in (up_writer, writer):  # both ends, however it ended
+                if open_writer is not None:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        open_writer.close()
 
     def start(self, host: str, port: int) -> None:
         async def serve() -> asyncio.AbstractServer:
@@ -391,6 +401,7 @@ def start_hub(workdir: Path) -> Iterator[Hub]:
         shim.stop(stop_loop=False)
         relay.stop()
         thread.join(10)
+        relay.loop.close()  # its self-pipe sockets too
         for proc in olahs:
             proc.stop()
 
