@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import tarfile
 import time
@@ -33,6 +32,7 @@ from docker.models.containers import Container
 
 from tests.containers.build import REPO, Images
 from tests.hub import DEMO_REPO, Hub, docker_gateway
+from tests.procs import free_port, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -47,26 +47,8 @@ MAX_BODY_BYTES = 40 * 1024 * 1024
 GENERATION_OVERRIDE = {"repetition_penalty": 1.05}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
-    """Poll `check()` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, OSError, docker.errors.APIError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+# What a check may raise while the stack is still coming up: "not yet".
+NOT_YET = (httpx.HTTPError, OSError, docker.errors.APIError)
 
 
 @dataclass
@@ -219,7 +201,9 @@ def test_prometheus_scrapes_facade_engine_node_and_proxy(stack: Stack) -> None:
         wanted = ("vllama", "vllm", "node", "proxy")
         return by_job if all(by_job.get(j) == 1.0 for j in wanted) else None
 
-    wait_for("Prometheus up == 1 for vllama, vllm, node and proxy", ups, timeout=120, interval=3)
+    wait_for(
+        ups, "Prometheus up == 1 for vllama, vllm, node and proxy", 120, interval=3, errors=NOT_YET
+    )
 
 
 def test_every_container_is_healthy_and_not_root(stack: Stack) -> None:
@@ -352,15 +336,15 @@ def test_engine_crash_mid_stream_then_compose_restarts_it(stack: Stack) -> None:
         )
 
     def wait_until_served_again(restarts_before: int) -> None:
-        wait_for("compose restarting the engine",
-                 lambda: restarted_and_healthy(restarts_before), timeout=600, interval=2)  # fmt: skip
+        wait_for(lambda: restarted_and_healthy(restarts_before), "compose restarting the engine",
+                 600, interval=2, errors=NOT_YET)  # fmt: skip
         with stack.http() as c:
-            wait_for("readiness 200 again",
-                     lambda: c.get("/health/ready").status_code == 200, timeout=120)  # fmt: skip
+            wait_for(lambda: c.get("/health/ready").status_code == 200, "readiness 200 again",
+                     120, interval=1, errors=NOT_YET)  # fmt: skip
 
     with stack.http() as c:  # earlier steps may have left the engine briefly marked unhealthy
-        wait_for("readiness 200 before the crash",
-                 lambda: c.get("/health/ready").status_code == 200, timeout=120)  # fmt: skip
+        wait_for(lambda: c.get("/health/ready").status_code == 200,
+                 "readiness 200 before the crash", 120, interval=1, errors=NOT_YET)  # fmt: skip
     last: dict[str, Any] = {}
     for _attempt in range(3):
         engine.reload()
@@ -381,8 +365,8 @@ def test_engine_crash_mid_stream_then_compose_restarts_it(stack: Stack) -> None:
     assert "error" in last and not last.get("done"), f"no error line after the crash: {last}"
 
     with stack.http(timeout=10) as c:
-        wait_for("readiness 503 after the crash",
-                 lambda: c.get("/health/ready").status_code == 503, timeout=60, interval=0.5)  # fmt: skip
+        wait_for(lambda: c.get("/health/ready").status_code == 503,
+                 "readiness 503 after the crash", 60, interval=0.5, errors=NOT_YET)  # fmt: skip
 
     wait_until_served_again(restarts_before)
     with stack.http() as c:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.ops.conftest import REPO, run
+from tests.procs import wait_for
 
 IMAGE_DIR = REPO / "images" / "helpers" / "systemd-host"
 ANSIBLE_DIR = REPO / "ops" / "ansible"
@@ -163,13 +164,15 @@ def systemd_host(
                 f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\n"
                 f"Environment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\\n' > {dropin}"
             )
-        deadline = time.monotonic() + 120
-        while host.sh("systemctl is-active ssh.service").stdout.strip() != "active":
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"sshd in {name} not active after 120s: {host.sh('systemctl --failed').stdout}"
-                )
-            time.sleep(0.5)
+        try:
+            wait_for(
+                lambda: host.sh("systemctl is-active ssh.service").stdout.strip() == "active",
+                f"sshd in {name} active",
+                120,
+                interval=0.5,
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {host.sh('systemctl --failed').stdout}") from None
         yield host
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from tests.ops.systemd_host import (
     systemd_host,
     write_inventory,
 )
+from tests.procs import wait_for
 
 ENGINE_UNIT = "vllama-engine@demo.service"
 SERVICES = [
@@ -198,21 +198,6 @@ def deployed(ansible_bin: Path, hub: Hub) -> Iterator[Deployment]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait(check: object, what: str, timeout: float) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return
-        except Exception as exc:  # keep polling; the last error goes into the message
-            last = exc
-        time.sleep(1)
-    raise AssertionError(f"{what}: not true after {timeout:.0f}s (last: {last!r})")
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
@@ -270,18 +255,18 @@ def test_vllama_is_the_wheel_built_here_verified_by_hash(deployed: Deployment) -
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ollama_chat_through_the_proxy(deployed: Deployment) -> None:
-    client = deployed.proxy_client()
-    reply = client.chat(
-        model="vllama-demo",
-        messages=[{"role": "user", "content": "hello"}],
-        options={"num_predict": 8, "temperature": 0},
-    )
+    with deployed.proxy_client() as client:
+        reply = client.chat(
+            model="vllama-demo",
+            messages=[{"role": "user", "content": "hello"}],
+            options={"num_predict": 8, "temperature": 0},
+        )
+        # No limit given: the engine's own default from the JSON-valued flag applies.
+        unlimited = client.chat(model="vllama-demo", messages=[{"role": "user", "content": "hi"}])
+        names = [m.model for m in client.list().models]
     assert reply.done and reply.message.role == "assistant"
     assert reply.eval_count and 0 < reply.eval_count <= 8
-    # No limit given: the engine's own default from the JSON-valued flag applies.
-    unlimited = client.chat(model="vllama-demo", messages=[{"role": "user", "content": "hi"}])
     assert unlimited.eval_count and unlimited.eval_count <= DEFAULT_MAX_TOKENS
-    names = [m.model for m in client.list().models]
     assert any(n and n.startswith("vllama-demo") for n in names), names
 
 
@@ -301,8 +286,8 @@ def test_prometheus_scrapes_every_target(deployed: Deployment) -> None:
         return jobs >= JOBS and all(t["health"] == "up" for t in targets)
 
     try:
-        _wait(all_up, "every Prometheus target up", 120)
-    except AssertionError:
+        wait_for(all_up, "every Prometheus target up", 120, interval=1, errors=(Exception,))
+    except TimeoutError:
         down = [
             (t["scrapeUrl"], t["health"], t["lastError"])
             for t in _targets(deployed)
@@ -324,7 +309,9 @@ def test_second_run_changes_nothing(deployed: Deployment) -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_restarting_the_target_comes_back_healthy(deployed: Deployment) -> None:
+def test_restarting_the_target_comes_back_healthy(
+    deployed: Deployment, request: pytest.FixtureRequest
+) -> None:
     host = deployed.host
     before = {u: host.show(u, "MainPID") for u in ("vllama.service", ENGINE_UNIT)}
     # Blocks until the engine's ExecStartPost has seen /health answer.
@@ -333,7 +320,8 @@ def test_restarting_the_target_comes_back_healthy(deployed: Deployment) -> None:
     after = {u: host.show(u, "MainPID") for u in before}
     assert all(after[u] not in ("0", before[u]) for u in before), (before, after)
     client = deployed.proxy_client()
-    _wait(
+    request.addfinalizer(client.close)
+    wait_for(
         lambda: (
             client.chat(
                 model="vllama-demo",
@@ -343,6 +331,8 @@ def test_restarting_the_target_comes_back_healthy(deployed: Deployment) -> None:
         ),
         "a chat through the proxy after the restart",
         120,
+        interval=1,
+        errors=(Exception,),  # keep polling; the last error goes into the message
     )
 
 
@@ -355,7 +345,7 @@ def test_a_killed_engine_is_restarted_by_systemd(deployed: Deployment) -> None:
     restarts = int(host.show(ENGINE_UNIT, "NRestarts"))
     assert pid != "0"
     assert host.sh(f"kill -9 {pid}").returncode == 0
-    _wait(
+    wait_for(
         lambda: (
             int(host.show(ENGINE_UNIT, "NRestarts")) > restarts
             and host.show(ENGINE_UNIT, "ActiveState") == "active"
@@ -363,6 +353,8 @@ def test_a_killed_engine_is_restarted_by_systemd(deployed: Deployment) -> None:
         ),
         "systemd restarting the killed engine",
         600,
+        interval=1,
+        errors=(Exception,),
     )
     probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8001/health', timeout=5).status)"
     assert host.sh(f'python3 -c "{probe}"').stdout.strip() == "200"
