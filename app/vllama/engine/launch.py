@@ -127,6 +127,7 @@ class EngineSpec:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
+    source: str | None = None  # what it loads (repo id or path): its files are in use
 
     @property
     def url(self) -> str:
@@ -135,7 +136,7 @@ class EngineSpec:
     def engine_config(self) -> EngineConfig:
         caps = [c for c in self.capabilities if c in {"tools", "thinking", "vision"}]
         return EngineConfig.model_validate(
-            {"url": self.url, "models": [self.name], "capabilities": caps}
+            {"url": self.url, "models": [self.name], "capabilities": caps, "source": self.source}
         )
 
 
@@ -183,4 +184,5 @@ def engine_spec(
         command=command,
         env=env,
         capabilities=capabilities_from_args(args),
+        source=model_ref,
     )
