@@ -78,6 +78,23 @@ _TABLES = """\
 #engine_args = ["--max-model-len", "8192", "--enable-prefix-caching"]
 #port = 8001                        # unset: a free port
 
+# This host's GPUs, declared once (`vllama plan` shows the engines it yields; the façade
+# fronts them; `vllama engine --planned NAME` runs one). Here: one TP=4 engine on GPUs 0-3
+# and one engine per GPU on the other four.
+#[plan]
+#gpus = 8                          # a count, or the device ids: [0, 1, 2, 3]
+#base_port = 8001                  # engines without a port take 8001, 8002, ...
+#engine_host = "127.0.0.1"         # 0.0.0.0: Prometheus on another host scrapes them
+#[[plan.engines]]
+#model = "Qwen/Qwen2.5-72B-Instruct"
+#served_name = "qwen2.5:72b"
+#tensor_parallel_size = 4
+#[[plan.engines]]
+#model = "Qwen/Qwen2.5-7B-Instruct"
+#served_name = "qwen2.5:7b"
+#replicas = "fill"                 # one engine per GPU left
+#args = ["--max-model-len", "8192"]
+
 # Client keys. With any key set, every route but /, /api/version and /health* needs one.
 #[[api_keys]]
 #key = "change-me-to-a-long-random-string"

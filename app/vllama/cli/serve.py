@@ -20,6 +20,7 @@ from typing import Any
 
 from vllama.cli.client import facade_url
 from vllama.cli.output import ENGINE_START, FAILED, OK, USAGE, CliError
+from vllama.cli.plan_cmd import with_planned_engines
 from vllama.cli.progress import LoadProgress
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import PASSTHROUGH_FLAGS, EngineSpec, engine_spec, is_cpu_build
@@ -132,10 +133,12 @@ def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLa
 
 def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
     _configure_logging(settings)
+    with_planned_engines(settings)
     todo = launches(args, settings)
     if not todo and not settings.engines:
         raise CliError(
-            "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, or --demo",
+            "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, --demo, "
+            "or declare the host's engines in the config's [plan]",
             USAGE,
         )
     _check_port_free(settings.host, settings.port)

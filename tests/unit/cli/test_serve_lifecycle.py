@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.engines import free_port
@@ -70,14 +71,14 @@ def test_sigterm_while_loading_stops_the_engine(tmp_path: Path) -> None:
     engine_pgid = None
     while engine_pgid is None:
         assert time.monotonic() < deadline, "the engine never started"
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmd = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if cmd.startswith(b"sleep\x00300"):
-                    engine_pgid = os.getpgid(int(entry.name))
+        # Only this serve's own engine: other runs on the machine may sleep 300 too.
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            if cmd[:2] == ["sleep", "300"]:
+                engine_pgid = os.getpgid(child.pid)
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
