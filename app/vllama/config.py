@@ -185,7 +185,11 @@ class Settings(BaseModel):
     # Where the façade listens.
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    # Façade worker processes (server/workers.py); more than 1 needs engines that run on
+    # their own (--engine, [[engines]], [plan]), not supervised ones.
     workers: int = Field(1, ge=1)
+    # prometheus-client's multiprocess folder when workers > 1; None: a fresh temporary one.
+    metrics_dir: Path | None = None
 
     # Engines already running (`--engine URL`), and models to start engines for (`--model`).
     engines: list[EngineConfig] = Field(default_factory=list)
@@ -245,6 +249,10 @@ class Settings(BaseModel):
     breaker_reset_s: float = Field(5.0, gt=0)  # open -> half-open after this long
     retries: int = Field(2, ge=0)  # connection errors only, before the first byte
     drain_timeout_s: float = Field(30.0, ge=0)
+    # On SIGTERM: this long /health/ready answers 503 "draining" while requests are still
+    # taken, before the façade stops accepting; above the gateway's health-check interval,
+    # so the gateway stops sending first. Ctrl-C (SIGINT) skips it.
+    drain_delay_s: float = Field(0.0, ge=0)
 
     # Keys and logs.
     api_keys: list[ApiKey] = Field(default_factory=list)

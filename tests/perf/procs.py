@@ -116,12 +116,19 @@ def instant_upstream(
     return _spawn("instant-upstream", cmd)
 
 
-def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -> Proc:
-    """The façade as operators run it: `vllama serve --engine URL` with default settings.
-    `app_dir` (another checkout's `app/`) runs that code instead of the installed one."""
+def facade(
+    engine_url: str,
+    name: str = "facade",
+    app_dir: Path | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Proc:
+    """The façade as operators run it: `vllama serve --engine URL` with default settings
+    (`extra_env`: VLLAMA_* settings to change, e.g. VLLAMA_WORKERS). `app_dir` (another
+    checkout's `app/`) runs that code instead of the installed one."""
     port = free_port()
     cmd = [str(VENV_BIN / "vllama"), "serve", "--engine", engine_url, "--port", str(port)]
-    env = {"VLLAMA_LOG_FORMAT": "json"}
+    env = {"VLLAMA_LOG_FORMAT": "json", **(extra_env or {})}
     if app_dir is not None:
         env["PYTHONPATH"] = str(app_dir)
     return _spawn(name, cmd, env=env)

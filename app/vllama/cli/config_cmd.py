@@ -15,7 +15,8 @@ from vllama.config import Settings, user_config_path
 DESCRIPTIONS: dict[str, str] = {
     "host": "Address the façade listens on. 0.0.0.0 exposes it: put the TLS proxy in front.",
     "port": "Port of the façade; 11434 is Ollama's, so every Ollama client finds it.",
-    "workers": "uvicorn worker processes (1 is right with supervised engines).",
+    "workers": "Façade worker processes sharing the port; more than 1 only in front of engines that run on their own (--engine, [[engines]], [plan]).",
+    "metrics_dir": "With workers > 1: prometheus-client's multiprocess folder (emptied at start); unset: a fresh temporary folder.",
     "max_body_bytes": "Largest request body accepted (413 above it).",
     "max_queue": "Requests allowed to wait for a free slot before 503 'server busy'.",
     "max_in_flight": "Concurrent upstream requests before new ones queue.",
@@ -45,6 +46,7 @@ DESCRIPTIONS: dict[str, str] = {
     "breaker_reset_s": "Seconds before an open breaker lets a trial request through.",
     "retries": "Retries on connection errors, only before the first byte reached the client.",
     "drain_timeout_s": "On SIGTERM/Ctrl-C: seconds in-flight requests get to finish.",
+    "drain_delay_s": "On SIGTERM: seconds /health/ready says 'draining' while requests are still taken, before new connections are refused (above the gateway's health-check interval).",
     "api_keys_file": "File of `name:key[:max_concurrency[:priority]]` lines: keys kept out of this file.",
     "admin_keys_file": "File of admin keys (same format): pull, delete, copy and routing changes need one.",
     "log_format": "json (one object a line) or text.",
@@ -139,6 +141,7 @@ def example_config() -> str:
                 "admin_keys_file": '"/etc/vllama/admin-keys"',
                 "engine_python": '"/opt/vllm/bin/python"',
                 "rate_limit_per_minute": "600",
+                "metrics_dir": '"/run/vllama/metrics"',
             }
             lines.append(f"#{name} = {hint.get(name, '...')}")
         else:
