@@ -241,6 +241,14 @@ class Settings(BaseModel):
     # idle timeout (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s).
     upstream_keep_alive_s: float = Field(4.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
+    # Among replicas of a model (upstream/balancer.py): "load" (the engines' own running,
+    # waiting and KV-cache figures from /metrics, polled with the health checks, plus
+    # prefix affinity), "least-outstanding" (this process's count only), "round-robin".
+    balancer: Literal["load", "least-outstanding", "round-robin"] = "load"
+    # A conversation stays on the replica holding its prefix cache while that replica is
+    # at most this much busier (in requests) than the least loaded one.
+    affinity_slack: float = Field(4.0, ge=0)
+    prefix_affinity: bool = True
     # The breaker opens on a failure rate over a sliding window, once the window holds
     # enough calls (as resilience4j does), not on a few failures among many successes.
     breaker_failure_rate: float = Field(0.5, gt=0, le=1)
