@@ -140,9 +140,15 @@ class Engine:
 
 
 def start_engine(
-    kind: str, port: int | None = None, *, wait: bool = True, extra_args: Sequence[str] = ()
+    kind: str,
+    port: int | None = None,
+    *,
+    wait: bool = True,
+    extra_args: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> Engine:
-    """Start a real engine; `extra_args` come last, so they override the defaults."""
+    """Start a real engine; `extra_args` come last, so they override the defaults;
+    `extra_env` adds to its environment (e.g. VLLM_CPU_OMP_THREADS_BIND)."""
     port = port or free_port()
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"engine-{kind}-{port}.log"
@@ -151,7 +157,7 @@ def start_engine(
             [*engine_command(kind, port), *extra_args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=engine_env(),
+            env={**engine_env(), **(extra_env or {})},
             start_new_session=True,
             cwd=str(REPO),
         )

@@ -117,17 +117,19 @@ def instant_upstream(
 
 
 def facade(
-    engine_url: str,
+    engine_url: str | list[str],
     name: str = "facade",
     app_dir: Path | None = None,
     *,
     extra_env: dict[str, str] | None = None,
 ) -> Proc:
-    """The façade as operators run it: `vllama serve --engine URL` with default settings
-    (`extra_env`: VLLAMA_* settings to change, e.g. VLLAMA_WORKERS). `app_dir` (another
-    checkout's `app/`) runs that code instead of the installed one."""
+    """The façade as operators run it: `vllama serve --engine URL` (one or several) with
+    default settings (`extra_env`: VLLAMA_* settings to change, e.g. VLLAMA_WORKERS).
+    `app_dir` (another checkout's `app/`) runs that code instead of the installed one."""
     port = free_port()
-    cmd = [str(VENV_BIN / "vllama"), "serve", "--engine", engine_url, "--port", str(port)]
+    urls = [engine_url] if isinstance(engine_url, str) else engine_url
+    engines = [arg for url in urls for arg in ("--engine", url)]
+    cmd = [str(VENV_BIN / "vllama"), "serve", *engines, "--port", str(port)]
     env = {"VLLAMA_LOG_FORMAT": "json", **(extra_env or {})}
     if app_dir is not None:
         env["PYTHONPATH"] = str(app_dir)

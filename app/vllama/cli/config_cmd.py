@@ -41,7 +41,7 @@ DESCRIPTIONS: dict[str, str] = {
     "upstream_keep_alive_s": "Seconds an idle connection to an engine is kept (below vLLM's 5 s).",
     "health_interval_s": "Seconds between engine health checks (and load polls of replicated engines).",
     "balancer": "Among replicas of a model: load (the engines' own load from /metrics, with prefix affinity), least-outstanding, or round-robin.",
-    "affinity_slack": "Requests a conversation's replica may be busier than the least loaded one before the conversation moves.",
+    "affinity_slack": "A conversation leaves its replica only when that one is more than this many requests (and 1.5 times) busier than the least loaded.",
     "prefix_affinity": "Keep a conversation on the replica that holds its prefix cache (balancer = load).",
     "breaker_failure_rate": "Failure rate (0-1) over the window that takes an engine out (circuit breaker opens).",
     "breaker_min_calls": "Calls the window must hold before the failure rate counts.",

@@ -4,9 +4,11 @@
 last reported on /metrics (running and waiting requests, KV-cache usage; polled by the
 pool's health loop, upstream/load.py) plus the requests this process sent it since, so
 that a burst between two polls spreads. A conversation keeps to the replica that holds
-its prefix in vLLM's prefix cache (prefix affinity) while that replica is at most
-`affinity_slack` busier than the least loaded one; otherwise, or when it is unhealthy (the
-pool passes healthy replicas only), the least loaded takes it.
+its prefix in vLLM's prefix cache (prefix affinity) unless that replica is both more than
+`affinity_slack` busier than the least loaded one and more than AFFINITY_RATIO times as
+busy (the two-part imbalance test of SGLang's cache-aware router, sgl-project/sglang
+sgl-router: a few requests more matter on an idle engine, not on one running dozens); then,
+or when it is unhealthy (the pool passes healthy replicas only), the least loaded takes it.
 
 The preferred replica is chosen by rendezvous hashing (highest-random-weight): the hash
 of (conversation key, replica URL), highest wins. A replica joining or leaving moves
@@ -35,6 +37,8 @@ KV_WEIGHT = 8.0
 # An engine load older than this many seconds is not trusted (polls stopped or failing):
 # the replica then counts with this process's own outstanding requests only.
 STALE_AFTER_S = 10.0
+# Prefix affinity gives way only when the preferred replica is also this many times as busy.
+AFFINITY_RATIO = 1.5
 # What identifies a conversation, bounded: the hash covers at most this many characters.
 AFFINITY_MAX_CHARS = 64 * 1024
 # A raw prompt's conversation is its beginning (a template, a system text, the first turn).
@@ -149,9 +153,10 @@ class LoadAware:
         if affinity is None or not self.prefix_affinity:
             return best
         preferred = max(replicas, key=lambda r: rendezvous_weight(affinity, r.url))
-        if scores[preferred.url] - scores[best.url] <= self.affinity_slack:
-            return preferred
-        return best
+        mine, least = scores[preferred.url], scores[best.url]
+        if mine - least > self.affinity_slack and mine > AFFINITY_RATIO * least:
+            return best  # much busier: the prefix is cheaper to compute again elsewhere
+        return preferred
 
 
 def rendezvous_weight(key: bytes, url: str) -> int:

@@ -179,6 +179,11 @@ def test_affinity_gives_way_to_a_much_busier_replica() -> None:
     assert lb.pick(beyond, k).url == "b"  # type: ignore[union-attr]
     waiting = [loaded("a", running=0, waiting=1), loaded("b", running=0)]  # 1 + 4 x 1 = 5
     assert lb.pick(waiting, k).url == "b"  # type: ignore[union-attr]
+    # Among busy engines a few more matter little: 40 vs 30 is within 1.5 times.
+    busy = [loaded("a", running=40), loaded("b", running=30)]
+    assert lb.pick(busy, k).url == "a"  # type: ignore[union-attr]
+    busier = [loaded("a", running=46), loaded("b", running=30)]
+    assert lb.pick(busier, k).url == "b"  # type: ignore[union-attr]
 
 
 def test_affinity_off_or_without_a_key_is_least_loaded() -> None:
