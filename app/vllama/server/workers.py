@@ -186,6 +186,8 @@ class WorkerSet:
         self._deadline: float | None = None
 
     def start(self, index: int) -> None:
+        if self.stopping:  # a signal arrived while the workers were being started
+            return
         proc = self._ctx.Process(
             target=_worker_main,
             args=(self.settings, self.sock, index, self.shared, self.metrics_dir, os.getpid()),
