@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from tests.perf import procs
-from tests.perf.run import level, machine
+from tests.perf.run import level, level_with_cpu, machine
 
 CONCURRENCY = 64
 MODES = {"/v1 plain": ("openai", False), "/api stream": ("ollama", True)}
@@ -64,13 +64,11 @@ def main() -> None:
             for _ in range(args.rounds):
                 for n in random.sample(counts, len(counts)):
                     f = facades[n]
-                    before = f.cpu_seconds()
                     host0 = psutil.cpu_times()
-                    r = level(f.url, api, stream, CONCURRENCY, args.seconds, 1_000_000)
+                    r, ms = level_with_cpu([f], f.url, api, stream, CONCURRENCY, args.seconds)
                     host1 = psutil.cpu_times()
-                    spent = f.cpu_seconds() - before
                     rates[n].append(r["requests_per_s"])
-                    cpu_ms[n].append(spent / max(r["ok"], 1) * 1e3)
+                    cpu_ms[n].append(ms)
                     idle = (host1.idle - host0.idle) / max(sum(host1) - sum(host0), 1e-9)
                     busy[n].append(1 - idle)
             base = statistics.median(rates[counts[0]])
