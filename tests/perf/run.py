@@ -65,6 +65,21 @@ def level(
     return asyncio.run(run_level(spec))
 
 
+def level_with_cpu(
+    counted: list[procs.Proc],
+    url: str,
+    api: str,
+    stream: bool,
+    concurrency: int,
+    duration: float,
+) -> tuple[dict[str, Any], float]:
+    """One load level, and the CPU ms per answered request the `counted` processes spent."""
+    before = sum(p.cpu_seconds() for p in counted)
+    result = level(url, api, stream, concurrency, duration, 1_000_000)
+    spent = sum(p.cpu_seconds() for p in counted) - before
+    return result, spent / max(result["ok"], 1) * 1e3
+
+
 def median(values: list[float]) -> float | None:
     clean = [v for v in values if v is not None]
     return round(statistics.median(clean), 4) if clean else None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.perf import procs
-from tests.perf.run import level, machine
+from tests.perf.run import level, level_with_cpu, machine
 
 CONCURRENCY = 64
 
@@ -55,11 +55,11 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name in random.sample(list(targets), len(targets)):
                     entry, api, counted = targets[name]
-                    before = sum(p.cpu_seconds() for p in counted)
-                    r = level(entry.url, api, stream, CONCURRENCY, args.seconds, 1_000_000)
-                    spent = sum(p.cpu_seconds() for p in counted) - before
+                    r, ms = level_with_cpu(
+                        counted, entry.url, api, stream, CONCURRENCY, args.seconds
+                    )
                     rates[name].append(r["requests_per_s"])
-                    cpu_ms[name].append(spent / max(r["ok"], 1) * 1e3)
+                    cpu_ms[name].append(ms)
             floor = statistics.median(rates["nginx"])
             mode = "stream" if stream else "plain"
             results["modes"][mode] = rows = {

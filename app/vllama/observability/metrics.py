@@ -1,6 +1,14 @@
 """Prometheus metrics of the façade. Names and labels are a contract with `monitoring/`
 (docs/development.md "Metrics"); every app gets its own registry so tests and several
 apps in one process never share counters.
+
+With several worker processes (`workers` > 1) prometheus-client runs in its multiprocess
+mode: the parent sets PROMETHEUS_MULTIPROC_DIR before the workers start, every process
+writes its values to files there, and `render` merges them (MultiProcessCollector), so
+/metrics from any worker shows the host's totals. Counters and histograms add up; each
+gauge says how its per-worker values combine (`multiprocess_mode`): requests in flight and
+queued add up over live workers; engine up is the latest health check any worker made;
+a breaker shows its worst state among workers.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from vllama import __version__
 
@@ -45,9 +54,12 @@ _OVERHEAD_BUCKETS = (
 class Metrics:
     """Every façade metric, registered in one registry (`self.registry`)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess_dir: str | None = None
+    ) -> None:
         # `*_created` samples would double every series for a timestamp nobody graphs.
         disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.multiprocess_dir = multiprocess_dir  # None: this process's values only
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -100,11 +112,13 @@ class Metrics:
             "vllama_requests_in_flight",
             "Requests being answered right now.",
             ("api", "route"),
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.queued = Gauge(
             "vllama_requests_queued",
             "Inference requests waiting for a free slot (max_in_flight reached).",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.queue_rejections = Counter(
@@ -129,12 +143,14 @@ class Metrics:
             "vllama_engine_up",
             "1 when the engine's last health check passed, else 0.",
             ("engine",),
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.breaker_state = Gauge(
             "vllama_engine_breaker_state",
             "Circuit breaker per engine: 0 closed, 1 half-open, 2 open.",
             ("engine",),
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.engine_restarts = Counter(
@@ -153,6 +169,7 @@ class Metrics:
             "vllama_build_info",
             "Always 1; the `version` label is the running vllama version.",
             ("version",),
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
@@ -221,8 +238,13 @@ class Metrics:
     # --- exposition -----------------------------------------------------------------------
 
     def render(self) -> bytes:
-        """The registry in Prometheus text format (`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        """The registry in Prometheus text format (`CONTENT_TYPE`); with several workers,
+        every worker's values merged."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
 
 class StreamTimer:

@@ -21,6 +21,7 @@ from vllama.config import Settings
 from vllama.models.info import read_model_config
 from vllama.observability.metrics import Metrics
 from vllama.security.keys import KeyStore
+from vllama.security.shared import SharedLimits
 from vllama.server.errors import install_error_handlers
 from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
@@ -28,8 +29,16 @@ from vllama.server.route_table import api_router
 from vllama.upstream.pool import EnginePool
 
 
-def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+def create_app(
+    settings: Settings,
+    *,
+    shared_limits: SharedLimits | None = None,
+    metrics_dir: str | None = None,
+) -> FastAPI:
+    """The façade. In a worker process (server/workers.py): `shared_limits` holds key
+    concurrency and client rates across workers, `metrics_dir` is prometheus-client's
+    multiprocess folder."""
+    metrics = Metrics(multiprocess_dir=metrics_dir)
     pool = EnginePool(
         settings, metrics, model_config=lambda root: read_model_config(root, settings.cache_dir)
     )
@@ -61,6 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
     # add_middleware wraps from the inside out: FastRoutes runs inside the request context.
     app.add_middleware(FastRoutes)
     app.add_middleware(
-        RequestContextMiddleware, settings=settings, metrics=metrics, keys=app.state.keys
+        RequestContextMiddleware,
+        settings=settings,
+        metrics=metrics,
+        keys=app.state.keys,
+        shared_limits=shared_limits,
     )
     return app

@@ -1,10 +1,11 @@
 """EnginePool: which engine serves which model, and every request to them.
 
 Discovery (`GET /v1/models` at start, periodically, and when an unknown name is asked
-for), a health loop (`GET /health`), a circuit breaker per engine (a failure rate over a
-window, see breaker.py), least-outstanding choice among replicas, retries of requests that
-never reached an engine, and early exits that close the upstream connection so vLLM
-aborts the request.
+for), a health loop (`GET /health`, and `/metrics` of engines with replicas: their load),
+a circuit breaker per engine (a failure rate over a window, see breaker.py), a choice
+among replicas by their live load and the conversation's prefix (balancer.py), retries of
+requests that never reached an engine, and early exits that close the upstream
+connection so vLLM aborts the request.
 
 Retries, before any byte of an answer came back:
 
@@ -38,7 +39,7 @@ from vllama.config import EngineConfig, Settings
 from vllama.names import strip_latest
 from vllama.upstream import capabilities, discovery
 from vllama.upstream.aliases import Aliases
-from vllama.upstream.balancer import LeastOutstanding
+from vllama.upstream.balancer import EngineLoad, make_balancer
 from vllama.upstream.breaker import BreakerState, CircuitBreaker
 from vllama.upstream.client import MAX_ERROR_BODY, error_message, make_session
 from vllama.upstream.errors import (
@@ -49,6 +50,7 @@ from vllama.upstream.errors import (
     UpstreamError,
     safe_engine_message,
 )
+from vllama.upstream.load import fetch_load
 from vllama.upstream.sse import SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ class Engine:
         self.cards: list[discovery.ModelCard] | None = None  # None: never discovered
         self.healthy = False
         self.outstanding = 0
+        self.load: EngineLoad | None = None  # its own figures, when it has replicas
         self.kind: str | None = None  # "completion"/"embedding" once known
         # What the probes found (None: not probed since the engine last came up).
         self.detected: capabilities.Detected | None = None
@@ -141,7 +144,12 @@ class EnginePool:
         self.aliases = Aliases(settings.aliases, limit=settings.max_aliases)
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
-        self._balancer = LeastOutstanding()
+        self._balancer = make_balancer(
+            settings.balancer,
+            affinity_slack=settings.affinity_slack,
+            prefix_affinity=settings.prefix_affinity,
+        )
+        self._replicated: set[str] = set()  # engines serving a model another one serves too
         self._session: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None  # retries: never a reused connection
         self._served: dict[str, ServedModel] = {}
@@ -281,6 +289,9 @@ class EnginePool:
                         capabilities=known.capabilities | e.capabilities(card),
                     )
         self._served = served
+        self._replicated = {
+            u for m in served.values() if len(m.engine_urls) > 1 for u in m.engine_urls
+        }
 
     # --- discovery and health -----------------------------------------------------------
 
@@ -337,6 +348,18 @@ class EnginePool:
             engine.breaker.record_success()
         if rediscover or not was_healthy or engine.cards is None:
             await self._discover(engine)
+        if self._settings.balancer == "load" and engine.url in self._replicated:
+            await self._poll_load(engine, timeout)
+
+    async def _poll_load(self, engine: Engine, timeout: aiohttp.ClientTimeout) -> None:
+        """The engine's own load (upstream/load.py), for choosing among replicas."""
+        outstanding = engine.outstanding
+        sample = await fetch_load(self.session, engine.url, self._auth(engine), timeout)
+        if sample is None:
+            return  # the last figures age out (balancer.STALE_AFTER_S)
+        engine.load = EngineLoad(
+            sample.running, sample.waiting, sample.kv_usage, time.monotonic(), outstanding
+        )
 
     async def _discover(self, engine: Engine) -> None:
         timeout = max(self._settings.connect_timeout_s, 5.0)
@@ -378,14 +401,16 @@ class EnginePool:
         key = engine.config.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _choose(self, name: str, urls: tuple[str, ...], tried: set[str]) -> Engine:
+    def _choose(
+        self, name: str, urls: tuple[str, ...], tried: set[str], affinity: bytes | None = None
+    ) -> Engine:
         replicas = [self._by_url[u] for u in urls if u in self._by_url]
         fresh = [e for e in replicas if e.url not in tried and e.breaker.available()]
         # Health results may be a round old: prefer engines that passed, else try the rest.
         candidates = [e for e in fresh if e.healthy] or fresh
         if not candidates and tried:  # every replica failed once: retry among them
             candidates = [e for e in replicas if e.breaker.available()]
-        engine = self._balancer.pick(candidates)
+        engine = self._balancer.pick(candidates, affinity)
         if engine is None:
             log.warning(
                 "no engine available for model %r: %s down or taken out by their breakers",
@@ -438,6 +463,7 @@ class EnginePool:
         path: str,
         data: bytes,
         headers: Mapping[str, str] | None,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[tuple[_Call, aiohttp.ClientResponse]]:
         name = model.id if model is not None else "*"
         urls = model.engine_urls if model is not None else tuple(self._by_url)
@@ -445,7 +471,7 @@ class EnginePool:
         last: Exception | None = None
         for _attempt in range(self._settings.retries + 1):
             try:
-                engine = self._choose(name, urls, tried)
+                engine = self._choose(name, urls, tried, affinity)
             except NoHealthyEngine:
                 if last is None:
                     raise
@@ -530,9 +556,11 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> dict[str, Any]:
         data = await self._encode(model, body, large)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
             raw = await _read(call, resp)
@@ -554,9 +582,12 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """`affinity`: the conversation's key (balancer.affinity_key), for prefix affinity."""
         data = await self._encode(model, body, large, stream=True)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
             events = _events(call, resp)
@@ -573,8 +604,9 @@ class EnginePool:
         path: str,
         body: bytes,
         headers: Mapping[str, str],
+        affinity: bytes | None = None,
     ) -> AsyncIterator[UpstreamResponse]:
-        async with self._open(model, method, path, body, headers) as (call, resp):
+        async with self._open(model, method, path, body, headers, affinity) as (call, resp):
             if resp.status >= 400:  # never the engine's own error text: a safe message
                 raise await self._error(call, resp)
             chunks = _chunks(call, resp)

@@ -74,6 +74,7 @@ class RecordingPool(EnginePool):
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         self._record("stream_events", model, path, body, headers)
         script = self.script
@@ -94,6 +95,7 @@ class RecordingPool(EnginePool):
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> dict[str, Any]:
         self._record("post_json", model, path, body, headers)
         return self.script.answer
@@ -106,6 +108,7 @@ class RecordingPool(EnginePool):
         path: str,
         body: bytes,
         headers: Mapping[str, str],
+        affinity: bytes | None = None,
     ) -> AsyncIterator[UpstreamResponse]:
         assert model is not None
         self._record("forward", model, path, body, headers)

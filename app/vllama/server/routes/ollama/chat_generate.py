@@ -39,6 +39,7 @@ from vllama.translate import Timings
 from vllama.translate import requests as to_openai
 from vllama.translate import responses as to_ollama
 from vllama.translate.fields import model_name
+from vllama.upstream.balancer import affinity_key
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,13 @@ async def generation(request: Request, *, kind: str) -> Response:
         return timings
 
     events = get_pool(request).stream_events(
-        card, call.path, call.body, headers=upstream_headers(request), large=large
+        card,
+        call.path,
+        call.body,
+        headers=upstream_headers(request),
+        large=large,
+        # Replicas: keep the conversation where its prefix is cached (balancer.py).
+        affinity=affinity_key(call.body) if len(card.engine_urls) > 1 else None,
     )
     clock.own_ns += time.perf_counter_ns() - clock.start
     clock.sent = time.perf_counter_ns()
