@@ -25,8 +25,10 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from vllama import __version__
+from vllama.observability.gpu_metrics import GpuCollector
 
 __all__ = ["CONTENT_TYPE", "Metrics", "StreamTimer"]
 
@@ -55,13 +57,21 @@ class Metrics:
     """Every façade metric, registered in one registry (`self.registry`)."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, multiprocess_dir: str | None = None
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        multiprocess_dir: str | None = None,
+        gpus: Collector | None = None,
     ) -> None:
         # `*_created` samples would double every series for a timestamp nobody graphs.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.multiprocess_dir = multiprocess_dir  # None: this process's values only
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # Read at scrape time, never merged across workers: each reads the same NVML.
+        self.gpus = gpus if gpus is not None else GpuCollector()
         r = self.registry
+        if multiprocess_dir is None:
+            r.register(self.gpus)
         self.requests = Counter(
             "vllama_requests_total",
             "Requests answered, by API, route template, model, HTTP status and key name.",
@@ -244,6 +254,7 @@ class Metrics:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(self.gpus)
         return generate_latest(merged)
 
 
