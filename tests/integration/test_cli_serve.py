@@ -195,3 +195,36 @@ def test_api_pull_and_delete_go_through_the_model_store(
             with pytest.raises(ollama.ResponseError) as err:
                 client.delete(REPO)
             assert err.value.status_code == 404
+
+
+def test_api_delete_never_removes_files_an_unreachable_engine_may_serve(
+    chat_engine: Engine, tmp_path: Path
+) -> None:
+    """Issue 13 (data loss): /api/delete asked only the live engines whether a model was in
+    use, and removed the files of one whose engine was down. An engine that never answered
+    may serve anything in the store: delete refuses (409) and the files stay; once every
+    engine is known, a model none of them loads is deleted."""
+    from tests.engines import free_port
+    from tests.unit.cli.hub_standin import REPO, standin_hub
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (src / "model.safetensors").write_bytes(b"\x01" * 50_000)
+    cache = tmp_path / "cache"
+    weights = "models--*/snapshots/*/model.safetensors"
+    dead = f"http://127.0.0.1:{free_port()}"  # configured, down (say, restarting)
+    with standin_hub(src) as (hub_url, _):
+        env = {"HF_ENDPOINT": hub_url, "VLLAMA_CACHE_DIR": str(cache)}
+        args = ["--engine", chat_engine.url, "--engine", dead]
+        with run_serve(args, tmp_path, env=env) as serve:
+            client = ollama.Client(host=serve.url)
+            assert list(client.pull(REPO, stream=True))[-1].status == "success"
+            with pytest.raises(ollama.ResponseError) as err:
+                client.delete(REPO)
+            assert err.value.status_code == 409 and "in use" in str(err.value)
+            assert any(cache.glob(weights)), "the files of a possibly served model are gone"
+        # Every engine known (the dead one no longer configured): the unserved model goes.
+        with run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve:
+            ollama.Client(host=serve.url).delete(REPO)
+            assert not any(cache.glob(weights))

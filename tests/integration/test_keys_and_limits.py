@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 
 from tests.engines import Engine
 from tests.facade import run_facade
+from tests.scripted_engine import Script, scripted_engine_thread
 from vllama.config import Settings
 from vllama.server.app import create_app
 
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(180, func_only=True)]
 
 CHAT = "vllama-demo"
 EMBED = "all-minilm"
+HELD = "held-model"  # served by a scripted engine that never answers (tests/scripted_engine.py)
 ALICE = "sk-alice-7f3e9c"
 SOLO = "sk-solo-51b2aa"
 KEYS = [
@@ -88,7 +90,12 @@ def concrete(path: str) -> str:
 
 @pytest.fixture(scope="module")
 def keyed(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
-    with run_facade(engines=engines(chat_engine, embed_engine), api_keys=KEYS) as url:
+    with (
+        scripted_engine_thread(Script(hang=True), HELD) as hung,
+        run_facade(
+            engines=[*engines(chat_engine, embed_engine), {"url": hung.url}], api_keys=KEYS
+        ) as url,
+    ):
         yield url
 
 
@@ -165,13 +172,16 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) ->
 
 @contextmanager
 def held_request(url: str, path: str, headers: dict[str, str] | None = None) -> Iterator[None]:
-    """A request whose body never finishes arriving: it holds its slots until we hang up."""
+    """A request to the hung engine (model HELD): it holds its slots until we hang up.
+    (A request whose body never finishes arriving no longer does: bodies are read, within
+    body_timeout_s, before a request is admitted.)"""
     host, port = url.removeprefix("http://").split(":")
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    body = json.dumps({"model": HELD, "messages": [{"role": "user", "content": "hi"}]})
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 1000\r\n{extra}\r\n{{".encode()
+            f"Content-Length: {len(body)}\r\n{extra}\r\n{body}".encode()
         )
         yield
 
@@ -205,12 +215,17 @@ def test_full_queue_is_503_server_busy_then_drains(
     chat_engine: Engine, embed_engine: Engine
 ) -> None:
     body = {"model": EMBED, "input": "queued"}
-    with run_facade(
-        engines=engines(chat_engine, embed_engine), max_in_flight=1, max_queue=1
-    ) as url:
+    with (
+        scripted_engine_thread(Script(hang=True), HELD) as hung,
+        run_facade(
+            engines=[*engines(chat_engine, embed_engine), {"url": hung.url}],
+            max_in_flight=1,
+            max_queue=1,
+        ) as url,
+    ):
         results: list[httpx.Response] = []
-        with held_request(url, "/api/embed"):
-            wait_until(lambda: in_flight(url, "/api/embed") == 1, "the held request")
+        with held_request(url, "/api/chat"):
+            wait_until(lambda: in_flight(url, "/api/chat") == 1, "the held request")
             waiter = threading.Thread(
                 target=lambda: results.append(httpx.post(f"{url}/api/embed", json=body, timeout=60))
             )
@@ -237,6 +252,55 @@ def test_full_queue_is_503_server_busy_then_drains(
     assert tags.status_code == 200
     assert [r.status_code for r in results] == [200]
     assert rejections == 2 and queued_now == 0
+
+
+def test_slow_bodies_never_hold_queue_slots_and_time_out(
+    chat_engine: Engine, embed_engine: Engine
+) -> None:
+    # Issue 13 (slowloris): a few connections sending one body byte every few seconds held
+    # every queue slot; the body is now read before admission, within body_timeout_s.
+    body = {"model": EMBED, "input": "not held up"}
+    with run_facade(
+        engines=engines(chat_engine, embed_engine),
+        max_in_flight=1,
+        max_queue=1,
+        body_timeout_s=3,
+    ) as url:
+        host, port = url.removeprefix("http://").split(":")
+        answers: list[bytes] = []
+
+        def slow_client() -> None:
+            with socket.create_connection((host, int(port)), timeout=20) as sock:
+                sock.sendall(
+                    f"POST /api/embed HTTP/1.1\r\nHost: {host}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+                )
+                data = b""
+                try:
+                    for _ in range(40):  # one byte every 0.25 s, for at most 10 s
+                        time.sleep(0.25)
+                        sock.sendall(b" ")
+                    data = sock.recv(65536)
+                except OSError:  # answered and closed while we were still sending
+                    data = data or sock.recv(65536)
+                answers.append(data)
+
+        slow = [threading.Thread(target=slow_client) for _ in range(3)]
+        for t in slow:
+            t.start()
+        time.sleep(1)  # the slow clients are connected and trickling
+        t0 = time.monotonic()
+        ok = httpx.post(f"{url}/api/embed", json=body, timeout=60)
+        waited = time.monotonic() - t0
+        queued = metric(url, "vllama_requests_queued")
+        for t in slow:
+            t.join(30)
+        timeouts = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+    assert ok.status_code == 200, ok.text  # before: 503 "server busy"
+    assert waited < 2.5  # it did not wait behind the slow clients' body timeouts
+    assert queued == 0
+    assert len(timeouts) == 3, answers
+    assert all(b"body_timeout_s" in a and b'"error"' in a for a in timeouts)
 
 
 def test_rate_limit_is_429_with_retry_after_then_passes(
@@ -288,3 +352,122 @@ def test_body_limit_is_413_in_each_shape(chat_engine: Engine, embed_engine: Engi
     assert "content-length" not in streamed.request.headers
     assert "max_body_bytes" in streamed.json()["error"]["message"]
     assert small.status_code == 200
+
+
+OPS = "sk-ops-admin-1f9c"
+
+
+@pytest.fixture(scope="module")
+def with_admins(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
+    with run_facade(
+        engines=engines(chat_engine, embed_engine),
+        api_keys=KEYS,
+        admin_keys=[{"name": "ops", "key": OPS}],
+        max_aliases=5,
+    ) as url:
+        yield url
+
+
+def test_client_keys_infer_and_read_admin_keys_also_administer(with_admins: str) -> None:
+    # Issue 13: any client key could pull, delete and rewrite every key's aliases.
+    alice = {"x-api-key": ALICE}
+    ops = {"Authorization": f"Bearer {OPS}"}
+    with httpx.Client(base_url=with_admins, timeout=60) as c:
+        for method, path, body in (
+            ("POST", "/api/pull", {"model": CHAT, "stream": False}),
+            ("POST", "/api/copy", {"source": CHAT, "destination": "mine"}),
+            ("DELETE", "/api/delete", {"model": "mine"}),
+            ("POST", "/api/create", {"model": "x"}),
+            ("POST", "/api/push", {"model": "x"}),
+            ("POST", "/api/blobs/sha256:00", None),
+        ):
+            refused = c.request(method, path, json=body, headers=alice)
+            assert refused.status_code == 403, (path, refused.text)
+            assert "API key 'alice' may run models and read" in refused.json()["error"]
+        assert (
+            c.post(
+                "/api/chat", json={"model": CHAT, "messages": [], "stream": False}, headers=alice
+            ).status_code
+            == 200
+        )
+        assert c.get("/api/tags", headers=alice).status_code == 200
+        # An admin key does what it may; the alias it makes is every key's.
+        assert c.post("/api/pull", json={"model": CHAT, "stream": False}, headers=ops).json() == {
+            "status": "success"
+        }
+        assert (
+            c.post(
+                "/api/copy", json={"source": CHAT, "destination": "team:v1"}, headers=ops
+            ).status_code
+            == 200
+        )
+        names = [m["name"] for m in c.get("/api/tags", headers=alice).json()["models"]]
+        assert "team:v1" in names
+        assert (
+            c.request("DELETE", "/api/delete", json={"model": "team:v1"}, headers=ops).status_code
+            == 200
+        )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bad\r\nname", "../../etc/passwd", "$(id)", "a;rm -rf ~", "x" * 10_000, "café", "ns.x/m"],
+)
+def test_aliases_follow_ollamas_name_rules(with_admins: str, name: str) -> None:
+    ops = {"Authorization": f"Bearer {OPS}"}
+    r = httpx.post(
+        f"{with_admins}/api/copy",
+        json={"source": CHAT, "destination": name},
+        headers=ops,
+        timeout=30,
+    )
+    assert r.status_code == 400 and "invalid model name" in r.json()["error"]
+    tags = httpx.get(f"{with_admins}/api/tags", headers=ops, timeout=30).text
+    assert name not in tags
+
+
+def test_aliases_added_at_runtime_are_bounded(with_admins: str) -> None:
+    # Issue 13: thousands of 10 KB aliases made /api/tags 81 MB.
+    ops = {"Authorization": f"Bearer {OPS}"}
+    with httpx.Client(base_url=with_admins, timeout=30, headers=ops) as c:
+        codes = [
+            c.post("/api/copy", json={"source": CHAT, "destination": f"bulk-{i}"}).status_code
+            for i in range(8)
+        ]
+        over = c.post("/api/copy", json={"source": CHAT, "destination": "bulk-over"})
+        again = c.post("/api/copy", json={"source": EMBED, "destination": "bulk-0"})  # repoint
+        for i in range(8):
+            c.request("DELETE", "/api/delete", json={"model": f"bulk-{i}"})
+        after = c.post("/api/copy", json={"source": CHAT, "destination": "bulk-after"})
+        c.request("DELETE", "/api/delete", json={"model": "bulk-after"})
+    assert codes == [200] * 5 + [400] * 3  # max_aliases=5
+    assert over.status_code == 400 and "max_aliases" in over.json()["error"]
+    assert again.status_code == 200
+    assert after.status_code == 200  # deleting gave the room back
+
+
+def test_a_client_cannot_pick_its_own_priority() -> None:
+    # Issue 13: `priority` in a /v1 body went to vLLM as sent; scheduling is the key's.
+    with (
+        scripted_engine_thread(Script()) as engine,
+        run_facade(
+            engines=[{"url": engine.url}],
+            api_keys=KEYS,
+            health_interval_s=60,
+        ) as url,
+    ):
+        body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "priority": -1000}
+        for headers, expected in (({"x-api-key": ALICE}, None), ({"x-api-key": SOLO}, 5)):
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            assert engine.last_request is not None
+            assert engine.last_request.get("priority") == expected
+            ollama_body = {"model": CHAT, "messages": body["messages"], "stream": False}
+            r = httpx.post(
+                f"{url}/api/chat",
+                json={**ollama_body, "priority": -1000},
+                headers=headers,
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            assert engine.last_request.get("priority") == expected

@@ -89,6 +89,7 @@ class EngineSpec:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
+    source: str | None = None  # what it loads (repo id or path): its files are in use
 
     @property
     def url(self) -> str:
@@ -98,7 +99,7 @@ class EngineSpec:
         """The pool's view; its capabilities come from here (the arguments), not probes."""
         caps = [c for c in self.capabilities if c in {"tools", "thinking", "vision"}]
         return EngineConfig.model_validate(
-            {"url": self.url, "models": [self.name], "capabilities": caps}
+            {"url": self.url, "models": [self.name], "capabilities": caps, "source": self.source}
         )
 
 
@@ -155,4 +156,5 @@ def engine_spec(
         command=command,
         env=env,
         capabilities=[*capabilities_from_args(args), *(["vision"] if vision else [])],
+        source=model_ref,
     )

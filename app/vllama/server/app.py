@@ -1,8 +1,9 @@
 """create_app(settings): the façade as one FastAPI app.
 
-The pool starts and stops with the app's lifespan. Docs routes (/docs, /redoc,
-/openapi.json) are off: the public surface is exactly the Ollama and OpenAI APIs plus
-health and metrics. The hot path has no BaseHTTPMiddleware: the middleware is raw ASGI,
+The pool starts and stops with the app's lifespan. FastAPI's docs routes (/docs, /redoc,
+its /openapi.json) are off: the public surface is exactly the Ollama and OpenAI APIs plus
+health and metrics; with `openapi = true`, /openapi.json serves vllama's own document
+(server/openapi.py, docs/openapi.json). The hot path has no BaseHTTPMiddleware: the middleware is raw ASGI,
 RequestContextMiddleware outside, then FastRoutes, which calls the inference handlers
 without FastAPI's routing and dependency machinery.
 """

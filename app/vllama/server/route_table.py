@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from vllama.server.routes import health, metrics, openai
+from vllama.server.routes.docs import openapi_json
 from vllama.server.routes.ollama import chat_generate, embeddings, listing, management
 
 GET = ("GET",)
@@ -31,6 +32,8 @@ class Route:
     # argument: the request) dispatched by FastRoutes without FastAPI's machinery.
     inference: bool = False
     open: bool = False  # answered without an API key: clients probe it before they have one
+    # Changes the model store or routing: needs an admin key when keys are configured.
+    admin: bool = False
     label: str | None = None  # the metrics/log `route` label, when not the path itself
 
     @property
@@ -49,13 +52,13 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/tags", GET_HEAD, listing.tags),
     Route("/api/ps", GET, listing.ps),
     Route("/api/show", POST, listing.show),
-    Route("/api/pull", POST, management.pull),
-    Route("/api/push", POST, management.push),
-    Route("/api/create", POST, management.create),
-    Route("/api/copy", POST, management.copy),
-    Route("/api/delete", ("DELETE",), management.delete),
-    Route("/api/blobs/{digest}", ("HEAD",), management.blob_exists),
-    Route("/api/blobs/{digest}", POST, management.blob_upload),
+    Route("/api/pull", POST, management.pull, admin=True),
+    Route("/api/push", POST, management.push, admin=True),
+    Route("/api/create", POST, management.create, admin=True),
+    Route("/api/copy", POST, management.copy, admin=True),
+    Route("/api/delete", ("DELETE",), management.delete, admin=True),
+    Route("/api/blobs/{digest}", ("HEAD",), management.blob_exists, admin=True),
+    Route("/api/blobs/{digest}", POST, management.blob_upload, admin=True),
     # OpenAI
     Route("/v1/chat/completions", POST, openai.chat_completions, inference=True),
     Route("/v1/completions", POST, openai.completions, inference=True),
@@ -66,6 +69,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/health", GET, health.health, open=True),
     Route("/health/ready", GET, health.ready, open=True),
     Route("/metrics", GET, metrics.metrics),
+    Route("/openapi.json", GET, openapi_json),  # 404 unless `openapi = true`
 )
 
 
@@ -74,6 +78,8 @@ def _templated(route: Route) -> bool:
 
 
 INFERENCE_ROUTES = frozenset(r.path for r in ROUTES if r.inference)
+# By route label (a template for templated paths), as the middleware checks them.
+ADMIN_ROUTES = frozenset(r.route_label for r in ROUTES if r.admin)
 OPEN_PATHS = frozenset(r.path for r in ROUTES if r.open)
 # Route label values of exact paths; templated ones are matched by the prefix before `{`.
 KNOWN_ROUTES = frozenset(r.path for r in ROUTES if not _templated(r))

@@ -89,7 +89,7 @@ def test_vision_comes_from_the_vision_config() -> None:
 
 def _engine(capabilities: list[str] | None) -> Engine:
     config = EngineConfig.model_validate({"url": "http://e:1", "capabilities": capabilities})
-    return Engine(config, CircuitBreaker(3, 5.0))
+    return Engine(config, CircuitBreaker())
 
 
 CARD = ModelCard("m", 512, None, 0, "completion")
