@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from tests.engines import REPO, free_port, http_ok
+from tests.perf.harness import tree_cpu_seconds
 
 BENCH_DIR = REPO / ".cache" / "bench"
 VENV_BIN = Path(sys.executable).parent
@@ -51,22 +52,22 @@ class Proc:
             return []
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self._tree():
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
+        """CPU seconds of the process and its live children (harness.tree_cpu_seconds)."""
+        return tree_cpu_seconds(self.popen.pid)
 
-    def peak_rss_mb(self) -> float:
-        """Peak resident set (VmHWM) summed over the process tree, in MB."""
-        total_kb = 0
+    def peak_rss_mb_per_process(self) -> dict[int, float]:
+        """Peak resident set (VmHWM) of each process in the tree, in MB."""
+        peaks: dict[int, float] = {}
         for p in self._tree():
             with contextlib.suppress(OSError, psutil.Error):
                 for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
-                        total_kb += int(line.split()[1])
-        return round(total_kb / 1024, 1)
+                        peaks[p.pid] = round(int(line.split()[1]) / 1024, 1)
+        return peaks
+
+    def peak_rss_mb(self) -> float:
+        """The largest peak resident set of one process in the tree (one worker), in MB."""
+        return max(self.peak_rss_mb_per_process().values(), default=0.0)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
