@@ -1,14 +1,11 @@
 """Streamed answers: `ProxyStream`, a response that notices a client hanging up and,
 however it ends (done, engine error, client gone), runs its cleanup (closing the upstream
-response is what makes vLLM abort the request); and `UpstreamStream`, which relays the
-pool's engine events from a task of its own."""
+response is what makes vLLM abort the request)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import anyio
 from starlette.responses import Response
@@ -71,60 +68,3 @@ class ProxyStream(Response):
             with anyio.CancelScope(shield=True):
                 await self._chunks.aclose()
                 await self._on_close()
-
-
-END: Any = object()  # UpstreamStream: the upstream stream ended normally
-
-
-class UpstreamStream:
-    """Runs the pool's `stream_events` context in one task of its own.
-
-    Starlette streams the body from another task than the endpoint's, and a client that
-    goes away cancels that one; entering and leaving the pool's context in a single task
-    keeps its cancel scopes and timeouts valid, and `close` (cancelling it) always ends
-    the upstream request.
-    """
-
-    def __init__(
-        self, events: contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]
-    ) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)  # bounded: backpressure
-        self._task = asyncio.create_task(self._run(events))
-
-    async def _run(
-        self, events: contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]
-    ) -> None:
-        try:
-            async with events as stream:
-                async for event in stream:
-                    await self._queue.put(event)
-            await self._queue.put(END)
-        except Exception as exc:
-            await self._queue.put(_Failure(exc))
-
-    async def next(self) -> Any:
-        """The next event, `END`, or the upstream's exception raised here."""
-        item = await self._queue.get()
-        if isinstance(item, _Failure):
-            raise item.exc
-        return item
-
-    async def batch(self) -> list[Any]:
-        """Every event waiting now (at least one; the last may be `END`).
-
-        Writing a burst of events as one body chunk saves a send per event.
-        """
-        items = [await self.next()]
-        while items[-1] is not END and not self._queue.empty():
-            items.append(await self.next())
-        return items
-
-    async def close(self) -> None:
-        """Idempotent; waits until the pool's context has been left (connection closed)."""
-        self._task.cancel()
-        await asyncio.wait({self._task})  # a cancelled caller still cancels the producer
-
-
-class _Failure:
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from vllama import fastjson
 from vllama.config import EngineConfig, Settings
 from vllama.names import strip_latest
 from vllama.upstream import capabilities, discovery
@@ -546,6 +547,28 @@ class EnginePool:
         return answer
 
     @contextlib.asynccontextmanager
+    async def stream_batches(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        large: bool = False,
+    ) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
+        """A streamed answer's events, as the network delivers them: each item holds every
+        event one read completed (one or many), so a caller can handle them in one pass."""
+        data = await self._encode(model, body, large, stream=True)
+        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+            if resp.status >= 400:
+                raise await self._error(call, resp)
+            batches = _event_batches(call, resp)
+            try:
+                yield batches
+            finally:
+                await batches.aclose()
+
+    @contextlib.asynccontextmanager
     async def stream_events(
         self,
         model: ServedModel,
@@ -555,11 +578,10 @@ class EnginePool:
         headers: Mapping[str, str] | None = None,
         large: bool = False,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        data = await self._encode(model, body, large, stream=True)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
-            if resp.status >= 400:
-                raise await self._error(call, resp)
-            events = _events(call, resp)
+        """A streamed answer's events, one by one."""
+        streamed = self.stream_batches(model, path, body, headers=headers, large=large)
+        async with streamed as batches:
+            events = _flatten(batches)
             try:
                 yield events
             finally:
@@ -625,31 +647,53 @@ async def _chunks(call: _Call, resp: aiohttp.ClientResponse) -> AsyncGenerator[b
         raise call.lost(exc) from exc
 
 
-async def _events(
+async def _event_batches(
     call: _Call, resp: aiohttp.ClientResponse
-) -> AsyncGenerator[dict[str, Any], None]:
+) -> AsyncGenerator[list[dict[str, Any]], None]:
     decoder = SSEDecoder()
-    async for chunk in _chunks(call, resp):
-        for data in decoder.feed(chunk):
-            if data == "[DONE]":
-                await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
-                return
-            try:
-                event = json.loads(data)
-            except ValueError:
-                call.fail("protocol", "sent an event that is not JSON")
-                raise UpstreamError("the model's engine sent an event that is not JSON") from None
-            if not isinstance(event, dict):
-                call.fail("protocol", "sent an event that is not an object")
-                raise UpstreamError("the model's engine sent an event that is not an object")
-            err = event.get("error")
-            if err is not None and "choices" not in event:
-                text = err.get("message") if isinstance(err, dict) else str(err)
-                code = err.get("code") if isinstance(err, dict) else None
-                status = code if isinstance(code, int) and 400 <= code < 600 else 500
-                log.warning("engine %s failed mid-stream (%d): %s", call.engine.url, status, text)
-                message, param = safe_engine_message(status, str(text or ""))
-                raise EngineHTTPError(status, message, param=param)
-            yield event
+    content = resp.content
+    try:
+        while chunk := await content.readany():
+            batch: list[dict[str, Any]] = []
+            for data in decoder.feed(chunk):
+                if data == b"[DONE]":
+                    if batch:
+                        yield batch
+                    await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
+                    return
+                batch.append(_event(call, data))
+            if batch:
+                yield batch
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise call.lost(exc) from exc
     call.fail("protocol", "ended the stream before [DONE]")
     raise EngineConnectionError(_NO_ANSWER, status=502)
+
+
+def _event(call: _Call, data: bytes) -> dict[str, Any]:
+    """One SSE event's JSON object; an engine's error event raised as an EngineHTTPError."""
+    try:
+        event = fastjson.loads(data)
+    except ValueError:
+        call.fail("protocol", "sent an event that is not JSON")
+        raise UpstreamError("the model's engine sent an event that is not JSON") from None
+    if not isinstance(event, dict):
+        call.fail("protocol", "sent an event that is not an object")
+        raise UpstreamError("the model's engine sent an event that is not an object")
+    err = event.get("error")
+    if err is not None and "choices" not in event:
+        text = err.get("message") if isinstance(err, dict) else str(err)
+        code = err.get("code") if isinstance(err, dict) else None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 500
+        log.warning("engine %s failed mid-stream (%d): %s", call.engine.url, status, text)
+        message, param = safe_engine_message(status, str(text or ""))
+        raise EngineHTTPError(status, message, param=param)
+    return event
+
+
+async def _flatten(
+    batches: AsyncIterator[list[dict[str, Any]]],
+) -> AsyncGenerator[dict[str, Any], None]:
+    async for batch in batches:
+        for event in batch:
+            yield event

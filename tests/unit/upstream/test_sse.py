@@ -14,7 +14,7 @@ def decode(chunks: list[bytes]) -> list[str]:
     decoder = SSEDecoder()
     out: list[str] = []
     for chunk in chunks:
-        out.extend(decoder.feed(chunk))
+        out.extend(data.decode() for data in decoder.feed(chunk))
     return out
 
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
 from typing import Any
 
 from starlette.requests import Request
@@ -34,7 +35,7 @@ from vllama.server.routes.ollama.plumbing import (
     refusal,
     traits,
 )
-from vllama.server.streaming import END, ProxyStream, UpstreamStream
+from vllama.server.streaming import ProxyStream
 from vllama.translate import Timings
 from vllama.translate import requests as to_openai
 from vllama.translate import responses as to_ollama
@@ -99,17 +100,19 @@ async def generation(request: Request, *, kind: str) -> Response:
         else None
     )
 
-    def on_event(event: Any) -> list[dict[str, Any]]:
+    def translate_batch(batch: list[dict[str, Any]]) -> bytes:
+        """NDJSON lines for every event one network read brought: one write."""
         received = time.perf_counter_ns()
-        chunks = translator.feed(event, time.time())
-        if chunks:
+        now = time.time()
+        out = b"".join(ndjson_line(c) for event in batch for c in translator.feed(event, now))
+        if out:
             if clock.first is None:
                 clock.first = received
             if timer is not None:
                 timer.chunk(received / 1e9)
             clock.last = received
         clock.own_ns += time.perf_counter_ns() - received
-        return chunks
+        return out
 
     def finish() -> Timings:
         timings = clock.timings()
@@ -119,44 +122,48 @@ async def generation(request: Request, *, kind: str) -> Response:
             metrics.observe_overhead(API, route, clock.own_ns / 1e9)
         return timings
 
-    events = get_pool(request).stream_events(
+    streamed = get_pool(request).stream_batches(
         card, call.path, call.body, headers=upstream_headers(request), large=large
     )
     clock.own_ns += time.perf_counter_ns() - clock.start
     clock.sent = time.perf_counter_ns()
     if not stream:
-        # One answer: read the engine's stream right here, in the endpoint's own task (no
-        # relay task and queue); a failure anywhere is an error answer, as nothing is sent.
+        # One answer: everything the engine streams, gathered here; a failure anywhere is
+        # an error answer, as nothing is sent yet.
         try:
-            async with events as upstream_events:
-                async for event in upstream_events:
-                    on_event(event)
+            async with streamed as batches:
+                async for batch in batches:
+                    translate_batch(batch)
             translator.flush(time.time())
         except Exception as exc:
             return error(request, exc)
         return JSONResponse(translator.aggregate(finish(), time.time()))
 
-    upstream = UpstreamStream(events)
+    # The engine's stream is read in this task, the one that writes the answer (as /v1
+    # does): no relay task and queue per request. ProxyStream's on_close leaves the pool's
+    # context, however the stream ends.
+    stack = AsyncExitStack()
     try:
-        # The first event decides the status: engine errors before it keep their status.
-        first = await upstream.next()
+        batches = await stack.enter_async_context(streamed)
+        # The first events decide the status: engine errors before them keep theirs.
+        first = await anext(batches, None)
     except BaseException as exc:
-        await upstream.close()
+        await stack.aclose()
         if isinstance(exc, Exception):
             return error(request, exc)
         raise
 
     async def lines() -> AsyncGenerator[bytes, None]:
         try:
-            batch = [first]
-            while batch:
-                out = b"".join(ndjson_line(c) for e in batch if e is not END for c in on_event(e))
+            batch = first
+            while batch is not None:
+                out = translate_batch(batch)
                 if out:
                     yield out
-                batch = [] if batch[-1] is END else await upstream.batch()
-            for chunk in translator.flush(time.time()):
-                yield ndjson_line(chunk)
-            yield ndjson_line(translator.final(finish(), time.time()))
+                batch = await anext(batches, None)
+            now = time.time()
+            tail = [*translator.flush(now), translator.final(finish(), now)]
+            yield b"".join(ndjson_line(c) for c in tail)
         except Exception as exc:  # the status is sent: the error is the stream's last line
             try:
                 message = refusal(exc).message
@@ -164,11 +171,9 @@ async def generation(request: Request, *, kind: str) -> Response:
                 log.exception("%s stream failed", route)
                 message = "internal error while streaming; see the server log"
             yield ndjson_line({"error": message})
-        finally:
-            await upstream.close()  # also when the client went away: ends the upstream request
 
     return ProxyStream(
-        lines(), status_code=200, headers={"Content-Type": NDJSON}, on_close=upstream.close
+        lines(), status_code=200, headers={"Content-Type": NDJSON}, on_close=stack.aclose
     )
 
 
