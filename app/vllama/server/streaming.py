@@ -11,6 +11,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from vllama.server.body import Replay
+
 
 class ProxyStream(Response):
     """Streams upstream chunks to the client and, however it ends (done, engine error,
@@ -32,21 +34,25 @@ class ProxyStream(Response):
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # One watcher task and plain asyncio cancellation: an anyio task group (two tasks
-        # and cancel scopes) cost a measurable share of a request's CPU
-        # (docs/performance-analysis.md).
+        # Plain asyncio cancellation and no task of its own where the middleware already
+        # watches the client (Replay): an anyio task group (two tasks and cancel scopes)
+        # cost a measurable share of a request's CPU (docs/performance-analysis.md).
         task = asyncio.current_task()
         assert task is not None
         state = {"done": False, "gone": False}
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+        def client_gone() -> None:
             if not state["done"]:  # the client left mid-response: stop the pump
                 state["gone"] = True
                 task.cancel()
 
-        watcher = asyncio.ensure_future(watch())
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            client_gone()
+
+        unregister = receive.on_disconnect(client_gone) if isinstance(receive, Replay) else None
+        watcher = asyncio.ensure_future(watch()) if unregister is None else None
         try:
             await send(
                 {
@@ -64,7 +70,16 @@ class ProxyStream(Response):
             task.uncancel()  # our own cancel: the client went away, nothing is wrong here
         finally:
             state["done"] = True
-            watcher.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._chunks.aclose()
-                await self._on_close()
+            if watcher is not None:
+                watcher.cancel()
+            if unregister is not None:
+                unregister()
+            if task.cancelling():  # cancelled from outside: the cleanup must still run whole
+                with anyio.CancelScope(shield=True):
+                    await self._close()
+            else:  # the cleanup does not wait on the network: nothing to shield from
+                await self._close()
+
+    async def _close(self) -> None:
+        await self._chunks.aclose()
+        await self._on_close()

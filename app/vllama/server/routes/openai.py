@@ -158,6 +158,8 @@ async def forward(request: Request, *, route: str) -> Response:
                 yield b"data: " + openai_error_body(exc.status, exc.message) + b"\n\n"
 
     async def finish() -> None:
+        if timer is not None:
+            timer.close()
         await stack.aclose()
         t = time.perf_counter()
         usage = tail.usage() if upstream.status < 400 else None

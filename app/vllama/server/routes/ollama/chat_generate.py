@@ -115,6 +115,8 @@ async def generation(request: Request, *, kind: str) -> Response:
         return out
 
     def finish() -> Timings:
+        if timer is not None:
+            timer.close()
         timings = clock.timings()
         prompt, completion = translator.usage
         record_usage(request, card.id, prompt, completion)
@@ -172,9 +174,12 @@ async def generation(request: Request, *, kind: str) -> Response:
                 message = "internal error while streaming; see the server log"
             yield ndjson_line({"error": message})
 
-    return ProxyStream(
-        lines(), status_code=200, headers={"Content-Type": NDJSON}, on_close=stack.aclose
-    )
+    async def close() -> None:
+        if timer is not None:
+            timer.close()  # also when the client left before the end
+        await stack.aclose()
+
+    return ProxyStream(lines(), status_code=200, headers={"Content-Type": NDJSON}, on_close=close)
 
 
 async def chat(request: Request) -> Response:
