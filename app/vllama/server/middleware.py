@@ -251,6 +251,7 @@ class RequestContextMiddleware:
                     await refuse(400, f"invalid JSON in request body: {exc.message}")
                     return
                 state["json"] = parsed
+                state["body"] = body  # what /v1 forwards when it passes unchanged
             if route in INFERENCE_ROUTES and method == "POST":
                 try:
                     weight = request_weight(route, parsed, self.bounds)

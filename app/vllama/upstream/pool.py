@@ -88,14 +88,25 @@ class ServedModel:
     capabilities: frozenset[str]
 
 
-@dataclass
 class UpstreamResponse:
-    """A raw engine response for pass-through: status, headers, body as network chunks."""
+    """A raw engine response for pass-through: status, headers, and `read()`, the body as
+    the network delivers it."""
 
-    status: int
-    headers: Mapping[str, str]
-    engine: str
-    chunks: AsyncIterator[bytes]
+    __slots__ = ("_call", "_content", "engine", "headers", "status")
+
+    def __init__(self, call: _Call, resp: aiohttp.ClientResponse) -> None:
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+        self.engine = call.engine.url
+        self._call = call
+        self._content = resp.content
+
+    async def read(self) -> bytes:
+        """Every body byte that arrived since the last read (waits for some); b"" at the end."""
+        try:
+            return await self._content.readany()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._call.lost(exc) from exc
 
 
 class Engine:
@@ -599,11 +610,7 @@ class EnginePool:
         async with self._open(model, method, path, body, headers) as (call, resp):
             if resp.status >= 400:  # never the engine's own error text: a safe message
                 raise await self._error(call, resp)
-            chunks = _chunks(call, resp)
-            try:
-                yield UpstreamResponse(resp.status, resp.headers, call.engine.url, chunks)
-            finally:
-                await chunks.aclose()
+            yield UpstreamResponse(call, resp)
 
 
 _NO_ANSWER = "the model's engine stopped answering; retry, or tell the operator if it persists"
@@ -635,14 +642,6 @@ class _Call:
 async def _read(call: _Call, resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
     try:
         return await (resp.content.read(limit) if limit else resp.read())
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise call.lost(exc) from exc
-
-
-async def _chunks(call: _Call, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
-    try:
-        async for chunk in resp.content.iter_any():
-            yield chunk
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise call.lost(exc) from exc
 

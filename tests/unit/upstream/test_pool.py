@@ -219,7 +219,7 @@ async def test_forward_passes_raw_bytes(make_pool: Factory) -> None:
     ) as up:
         assert up.status == 200 and up.headers["Content-Type"] == "text/event-stream"
         raw = b""
-        async for chunk in up.chunks:
+        while chunk := await up.read():
             raw += chunk
             if raw.count(b"\n\n") >= 3:
                 break

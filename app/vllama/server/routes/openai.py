@@ -1,7 +1,7 @@
 """The OpenAI API (`/v1/*`): an allowlist of vLLM routes passed through byte for byte.
 
 The request body is parsed once, to resolve `model` (aliases included) and rewrite it to
-the engine's id; the answer (JSON or SSE) is streamed back untouched as the network
+the engine's id (a body that needs no change goes out as the client's bytes); the answer (JSON or SSE) is streamed back untouched as the network
 delivers it. Only the paths of server.route_table exist: vLLM checks keys on some of its
 paths only, so nothing else is forwarded (anything else under /v1 is a 404 in OpenAI's shape).
 """
@@ -22,6 +22,7 @@ from vllama.server.deps import (
     get_metrics,
     get_pool,
     is_large,
+    raw_json_body,
     record_usage,
     request_json,
     resolve_model,
@@ -113,14 +114,18 @@ async def forward(request: Request, *, route: str) -> Response:
         model = resolve_model(request, name)
     except UpstreamError as exc:
         return upstream_error_response(path, exc)
+    sent_priority = "priority" in body
     body["model"] = model.id
     set_priority(request, body)
+    raw = raw_json_body(request)
     headers = {
         "Content-Type": "application/json",
         "Accept": request.headers.get("accept", "*/*"),
         **upstream_headers(request),
     }
-    if is_large(request):  # encoding megabytes: off the event loop
+    if raw is not None and model.id == name and not sent_priority and "priority" not in body:
+        data = raw  # nothing to change: the client's bytes, not encoded again
+    elif is_large(request):  # encoding megabytes: off the event loop
         data = await asyncio.to_thread(_encode, body)
     else:
         data = _encode(body)
@@ -147,11 +152,14 @@ async def forward(request: Request, *, route: str) -> Response:
     tail = UsageTail()
 
     async def chunks() -> AsyncGenerator[bytes, None]:
+        # Whatever arrived since the last read goes out as one chunk: under load a read
+        # holds several events.
+        read, keep = upstream.read, tail.feed
         try:
-            async for chunk in upstream.chunks:
+            while chunk := await read():
                 if timer is not None:
                     timer.chunk(time.perf_counter())
-                tail.feed(chunk)
+                keep(chunk)
                 yield chunk
         except UpstreamError as exc:  # the status is sent: the error is the stream's end
             if stream:
