@@ -62,25 +62,32 @@ def _runner(
 
 
 def compare(
-    facades: dict[str, dict[str, procs.Proc]], loads: list[str], rounds: int, seconds: float
+    facades: dict[str, dict[str, procs.Proc]],
+    loads: list[str],
+    rounds: int,
+    seconds: float,
+    sides: tuple[str, str] = ("old", "new"),
 ) -> dict[str, Any]:
+    """Each load: both sides interleaved; CPU per unit of work, medians, new ÷ old as the
+    median of per-round ratios (tests/perf/harness.py)."""
+    old, new = sides
     out: dict[str, Any] = {}
     for name in loads:
         api, stream, concurrency, upstream = LOADS[name]
         run = _runner(facades[upstream], api, stream, concurrency, seconds)
-        runs = interleave(["old", "new"], rounds, run)
+        runs = interleave([old, new], rounds, run)
         unit = "output_tokens" if stream else "ok"
         per = {s: [us_per(r["cpu_s"]["facade"], r[unit]) for r in runs[s]] for s in runs}
         rate = {s: [r["requests_per_s"] for r in runs[s]] for s in runs}
         p50 = {s: [r["latency_ms"]["p50"] for r in runs[s]] for s in runs}
         out[name] = row = {
             "unit": "token" if stream else "request",
-            "old_cpu_us": median(per["old"]),
-            "new_cpu_us": median(per["new"]),
-            "cpu_new_vs_old": paired_ratio(per["new"], per["old"]),
-            "old_p50_ms": median(p50["old"]),
-            "new_p50_ms": median(p50["new"]),
-            "rate_new_vs_old": paired_ratio(rate["new"], rate["old"]),
+            "old_cpu_us": median(per[old]),
+            "new_cpu_us": median(per[new]),
+            "cpu_new_vs_old": paired_ratio(per[new], per[old]),
+            "old_p50_ms": median(p50[old]),
+            "new_p50_ms": median(p50[new]),
+            "rate_new_vs_old": paired_ratio(rate[new], rate[old]),
             "failed": sum(r["errors"] for s in runs for r in runs[s]),
         }
         print(

@@ -81,7 +81,7 @@ class Proc:
                 self.popen.wait(5)
 
 
-def _spawn(name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
+def spawn(name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     port = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 0
     log = BENCH_DIR / f"{name}.log"
@@ -114,7 +114,7 @@ def instant_upstream(
     cmd += ["--chunks", str(chunks), "--interval-ms", str(interval_ms)]
     if break_after is not None:
         cmd += ["--break-after", str(break_after)]
-    return _spawn("instant-upstream", cmd)
+    return spawn("instant-upstream", cmd)
 
 
 def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -> Proc:
@@ -125,7 +125,7 @@ def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -
     env = {"VLLAMA_LOG_FORMAT": "json"}
     if app_dir is not None:
         env["PYTHONPATH"] = str(app_dir)
-    return _spawn(name, cmd, env=env)
+    return spawn(name, cmd, env=env)
 
 
 def nginx(*upstream_urls: str, name: str = "nginx") -> Proc:
@@ -162,7 +162,7 @@ http {{
   }}
 }}
 """)
-    proc = _spawn(name, ["nginx", "-p", str(prefix), "-c", str(conf)])
+    proc = spawn(name, ["nginx", "-p", str(prefix), "-c", str(conf)])
     proc.url = f"http://127.0.0.1:{port}"
     return proc
 
@@ -187,7 +187,7 @@ litellm_settings:
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "LITELLM_TELEMETRY": "False",
     }
-    return _spawn(
+    return spawn(
         "litellm",
         [
             str(LITELLM_BIN),

@@ -28,6 +28,15 @@ class SSEDecoder:
         buf = self._buf + chunk if self._buf else chunk
         events: list[bytes] = []
         if b"\r" not in buf:  # LF only, as engines send: split at once
+            if not self._has_data:  # no event under way: whole events first
+                *blocks, buf = buf.split(b"\n\n")
+                for block in blocks:
+                    if block.startswith(b"data: ") and b"\n" not in block:
+                        events.append(block[6:])  # one data line: what engines send
+                    elif block:
+                        for line in block.split(b"\n"):
+                            self._line(line, events)
+                        self._line(b"", events)
             *lines, self._buf = buf.split(b"\n")
             for line in lines:
                 self._line(line, events)
