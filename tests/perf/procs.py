@@ -107,13 +107,18 @@ def running(proc: Proc, ready_path: str, timeout: float = 120.0) -> Iterator[Pro
 
 
 def instant_upstream(
-    chunks: int = 16, break_after: int | None = None, interval_ms: float = 0.0
+    chunks: int = 16,
+    break_after: int | None = None,
+    interval_ms: float = 0.0,
+    request_metrics_ms: float | None = None,
 ) -> Proc:
     port = free_port()
     cmd = [sys.executable, "-m", "tests.perf.instant_upstream", "--port", str(port)]
     cmd += ["--chunks", str(chunks), "--interval-ms", str(interval_ms)]
     if break_after is not None:
         cmd += ["--break-after", str(break_after)]
+    if request_metrics_ms is not None:
+        cmd += ["--request-metrics", str(request_metrics_ms)]
     return spawn("instant-upstream", cmd)
 
 

@@ -122,6 +122,9 @@ class Engine:
         self.kind: str | None = None  # "completion"/"embedding" once known
         # What the probes found (None: not probed since the engine last came up).
         self.detected: capabilities.Detected | None = None
+        # Whether its answers carry vLLM's per-request timings (--enable-per-request-
+        # metrics), as its last generation said; None: not known since it came up.
+        self.reports_timings: bool | None = None
 
     @property
     def wants_probe(self) -> bool:
@@ -342,6 +345,7 @@ class EnginePool:
             if was_healthy:
                 log.warning("engine %s failed its health check", engine.url)
                 engine.detected = None  # it may come back with other flags: probe again
+                engine.reports_timings = None
             return
         if engine.breaker.state is BreakerState.HALF_OPEN:
             # Health-checked back in. A passing health check is not a served request: in
@@ -528,7 +532,7 @@ class EnginePool:
         return self._json_body(model, body, **extra)
 
     def _json_body(self, model: ServedModel, body: dict[str, Any], **extra: Any) -> bytes:
-        return json.dumps({**body, "model": model.id, **extra}, ensure_ascii=False).encode()
+        return fastjson.dumps({**body, "model": model.id, **extra})
 
     @staticmethod
     def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -556,6 +560,40 @@ class EnginePool:
                 call.fail("protocol", f"answered {path} with something not a JSON object")
                 raise UpstreamError("the model's engine sent an answer that is not JSON")
         return answer
+
+    def reports_timings(self, model: ServedModel) -> bool:
+        """Whether every engine of `model` answered its last generation with vLLM's
+        per-request timings: a whole (not streamed) answer then still says how long the
+        generation took."""
+        engines = [self._by_url.get(u) for u in model.engine_urls]
+        return bool(engines) and all(e is not None and e.reports_timings for e in engines)
+
+    async def generate_whole(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        large: bool = False,
+    ) -> tuple[dict[str, Any], float | None]:
+        """A generation answered whole, and its generation time (first to last token, as
+        the engine measured it; None if the answer did not say)."""
+        data = await self._encode(model, body, large, stream=False)
+        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+            if resp.status >= 400:
+                raise await self._error(call, resp)
+            raw = await _read(call, resp)
+            try:
+                answer = fastjson.loads(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                call.fail("protocol", f"answered {path} with something not a JSON object")
+                raise UpstreamError("the model's engine sent an answer that is not JSON")
+            seconds = generation_seconds(answer)
+            call.engine.reports_timings = seconds is not None
+        return answer, seconds
 
     @contextlib.asynccontextmanager
     async def stream_batches(
@@ -679,6 +717,8 @@ def _event(call: _Call, data: bytes) -> dict[str, Any]:
     if not isinstance(event, dict):
         call.fail("protocol", "sent an event that is not an object")
         raise UpstreamError("the model's engine sent an event that is not an object")
+    if "usage" in event and not event.get("choices"):  # the final event: timings ride on it
+        call.engine.reports_timings = generation_seconds(event) is not None
     err = event.get("error")
     if err is not None and "choices" not in event:
         text = err.get("message") if isinstance(err, dict) else str(err)
@@ -688,6 +728,16 @@ def _event(call: _Call, data: bytes) -> dict[str, Any]:
         message, param = safe_engine_message(status, str(text or ""))
         raise EngineHTTPError(status, message, param=param)
     return event
+
+
+def generation_seconds(answer: dict[str, Any]) -> float | None:
+    """vLLM's `metrics.generation_time_ms` (first to last token) in seconds, when the engine
+    runs with --enable-per-request-metrics."""
+    metrics = answer.get("metrics")
+    ms = metrics.get("generation_time_ms") if isinstance(metrics, dict) else None
+    if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms >= 0:
+        return ms / 1000
+    return None
 
 
 async def _flatten(

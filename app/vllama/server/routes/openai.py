@@ -9,7 +9,6 @@ paths only, so nothing else is forwarded (anything else under /v1 is a 404 in Op
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
@@ -18,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from vllama import fastjson
 from vllama.server.deps import (
     get_metrics,
     get_pool,
@@ -90,7 +90,7 @@ def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode()
+    return fastjson.dumps(body)
 
 
 async def forward(request: Request, *, route: str) -> Response:

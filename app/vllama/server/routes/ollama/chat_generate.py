@@ -1,7 +1,9 @@
 """/api/chat and /api/generate.
 
-Always streamed from the engine (usage included), so the final object's durations and
-token counts are measured the same way whether or not the client streams.
+Streamed from the engine (usage included), so the final object's durations and token
+counts are measured the same way whether or not the client streams; a `stream: false`
+request is answered whole by engines whose answers carry vLLM's per-request timings
+(--enable-per-request-metrics), which say when the generation's first token came.
 """
 
 from __future__ import annotations
@@ -124,7 +126,36 @@ async def generation(request: Request, *, kind: str) -> Response:
             metrics.observe_overhead(API, route, clock.own_ns / 1e9)
         return timings
 
-    streamed = get_pool(request).stream_batches(
+    pool = get_pool(request)
+    if not stream and pool.reports_timings(card):
+        # The engine says how long its generation took (vLLM's per-request metrics): one
+        # whole answer instead of a stream of events, with the same durations. The first
+        # token is placed that long before the answer arrived: prompt_eval_duration is
+        # from sending to the first token, eval_duration from the first to the last, as
+        # the streamed path measures them.
+        whole = {**call.body, "stream": False}
+        whole.pop("stream_options", None)
+        clock.own_ns += time.perf_counter_ns() - clock.start
+        clock.sent = time.perf_counter_ns()
+        try:
+            answer, seconds = await pool.generate_whole(
+                card, call.path, whole, headers=upstream_headers(request), large=large
+            )
+        except Exception as exc:
+            return error(request, exc)
+        if seconds is not None:
+            received = time.perf_counter_ns()
+            clock.first = max(clock.sent, received - int(seconds * 1e9))
+            clock.last = received
+            if timer is not None:
+                timer.chunk(clock.first / 1e9)
+            now = time.time()
+            translator.feed(answer, now)
+            translator.flush(now)
+            clock.own_ns += time.perf_counter_ns() - received
+            return JSONResponse(translator.aggregate(finish(), now))
+        # It stopped saying (restarted without the flag): asked again, streamed.
+    streamed = pool.stream_batches(
         card, call.path, call.body, headers=upstream_headers(request), large=large
     )
     clock.own_ns += time.perf_counter_ns() - clock.start
