@@ -29,6 +29,11 @@ log() { echo "build-wheelhouse: $*" >&2; }
 die() { echo "build-wheelhouse: $*" >&2; exit 1; }
 [ -x "$PY" ] || die "no $VENV; run scripts/setup-venv.sh first"
 
+# The wheelhouse carries the venv's engine: it must be the one pinned version.
+pinned=$(sed -n 's/^VLLM_VERSION = "\(.*\)"$/\1/p' app/vllama/engine/pins.py)
+installed=$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$ENGINE_PKG" 2>/dev/null || true)
+[ "$installed" = "$pinned" ] || die "$VENV has $ENGINE_PKG ${installed:-(none)}, not the pinned $pinned; rerun scripts/setup-venv.sh"
+
 exec 9>"$REPO/.cache/locks/build-wheelhouse.lock"
 flock -w 1200 9 || die "another build-wheelhouse.sh holds the lock for 20 min; check it"
 

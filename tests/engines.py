@@ -93,54 +93,29 @@ def engine_env() -> dict[str, str]:
 
 
 def engine_command(kind: str, port: int) -> list[str]:
-    base = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "bfloat16",
-        # No --disable-log-stats: in vLLM 0.32 it also turns off every vllm:* metric.
-    ]
+    """The test engines' command line, built where every engine's is (engine/launch.py).
+    No --disable-log-stats: in vLLM 0.32 it also turns off every vllm:* metric."""
+    from vllama.engine.launch import engine_command as build
+
     if kind == "chat":
-        return [
-            *base,
-            "--model",
-            str(demo_model_dir()),
-            "--served-model-name",
-            CHAT_MODEL,
-            "--max-model-len",
-            "512",
-            "--seed",
-            "0",
-        ]
-    if kind == "embed":
-        return [
-            *base,
-            "--model",
-            str(embed_model_dir()),
-            "--served-model-name",
-            EMBED_MODEL,
-            "--runner",
-            "pooling",
-            "--max-model-len",
-            "256",
-        ]
-    if kind == "scripted":
-        return [
-            *base,
-            "--model",
-            str(scripted_model_dir()),
-            "--served-model-name",
-            SCRIPTED_MODEL,
-            "--max-model-len",
-            "512",
-            *SCRIPTED_FLAGS,
-        ]
-    raise ValueError(kind)
+        model, name = demo_model_dir(), CHAT_MODEL
+        flags = ["--max-model-len", "512", "--seed", "0"]
+    elif kind == "embed":
+        model, name = embed_model_dir(), EMBED_MODEL
+        flags = ["--runner", "pooling", "--max-model-len", "256"]
+    elif kind == "scripted":
+        model, name = scripted_model_dir(), SCRIPTED_MODEL
+        flags = ["--max-model-len", "512", *SCRIPTED_FLAGS]
+    else:
+        raise ValueError(kind)
+    return build(
+        sys.executable,
+        model=str(model),
+        served_name=name,
+        host="127.0.0.1",
+        port=port,
+        args=["--dtype", "bfloat16", *flags],
+    )
 
 
 def kind_env(kind: str) -> dict[str, str]:

@@ -7,7 +7,8 @@ a connection that already served one is read and then met with a closed socket, 
 vLLM closes an idle connection at the moment the client reuses it (the client sees
 aiohttp's ServerDisconnectedError; the request never reached the engine's app).
 `hang=True` accepts chat requests and never answers (a hung engine); `stall_stream=True`
-starts a stream (headers and one event) and then goes silent.
+starts a stream (headers and one event) and then goes silent. Discovery's own requests
+(the kind probe, the capability probes with max_tokens 0 or 1) are always answered.
 """
 
 from __future__ import annotations
@@ -150,6 +151,11 @@ class ScriptedEngine:
                         self.last_raw = body
                     if request == {}:  # discovery's probe: a generating engine refuses it
                         writer.write(_response(400, b'{"error": {"message": "bad", "code": 400}}'))
+                    elif request.get("max_tokens") == 0:  # a capability probe: refused, as vLLM
+                        err = b'{"error": {"message": "max_tokens must be at least 1, got 0.", "code": 400}}'
+                        writer.write(_response(400, err))
+                    elif request.get("max_tokens") == 1:  # the thinking probe: one token
+                        writer.write(_chat(False, self.model))
                     elif self.script.stall_stream and request.get("stream"):
                         self.counts.hung += 1
                         head, _, rest = _chat(True).partition(b"\r\n\r\n")

@@ -1,7 +1,10 @@
 """ops/ansible: lint and syntax on every run; then deploy.yml for real, over SSH, against a
-container running systemd as PID 1, in native mode with vLLM's CPU build and the demo model.
+container running systemd as PID 1, in native mode with vLLM's CPU build and the demo model
+pulled from the local hub (tests/hub.py) by the role's pull task.
 
-The deployment is shown end to end: units active, an Ollama chat through the proxy,
+The deployment is shown end to end: vllama installed from the wheel built here (checked by
+sha256), units active with the shared hardening drop-in, an Ollama chat through the proxy
+(the engine's JSON-valued flag applied),
 Prometheus scraping every target, a second run with changed=0, a restart of vllama.target,
 and systemd restarting a killed engine. Compose mode is checked with --syntax-check and
 check mode (there is no Docker in the host).
@@ -9,6 +12,7 @@ check mode (there is no Docker in the host).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +25,7 @@ from pathlib import Path
 import ollama
 import pytest
 
+from tests.hub import DEMO_REPO, Hub, docker_gateway
 from tests.ops.conftest import REPO, run
 from tests.ops.systemd_host import (
     ANSIBLE_DIR,
@@ -138,21 +143,22 @@ def _wheelhouse(workdir: Path) -> Path:
     return private
 
 
+# The JSON-valued flag travels inventory -> flags file -> `vllama engine` -> vLLM whole:
+# a chat that names no limit stops at this many tokens.
+DEFAULT_MAX_TOKENS = 6
+
+
 @pytest.fixture(scope="module")
-def deployed(ansible_bin: Path) -> Iterator[Deployment]:
+def deployed(ansible_bin: Path, hub: Hub) -> Iterator[Deployment]:
     # Under the repo's .cache: hard links into the wheelhouse need the same file system.
     workdir = REPO / ".cache" / "ops-test" / f"ansible-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
         wheelhouse = _wheelhouse(workdir)
+        # The local hub, reached from the host container through the Docker bridge.
+        hub_url = hub.listen(docker_gateway())
         with systemd_host(workdir, {wheelhouse: "/srv/wheelhouse"}) as host:
-            demo = REPO / ".cache" / "models" / "vllama-demo"
-            if not (demo / "config.json").exists():
-                res = run(
-                    [str(REPO / ".venv/bin/python"), "-m", "vllama.engine.demo_model"], timeout=300
-                )
-                assert res.returncode == 0, res.stderr[-2000:]
             inventory = write_inventory(
                 host,
                 workdir / "inventory.yml",
@@ -163,15 +169,29 @@ def deployed(ansible_bin: Path) -> Iterator[Deployment]:
                     # --enforce-eager below: no torch.compile, so no C++ compiler needed.
                     "vllama_host_compiler_packages": [],
                     "vllama_wheelhouse": "/srv/wheelhouse",
+                    # vllama's own wheel, built from this checkout (it is in the wheelhouse).
+                    "vllama_wheel_dir": str(wheelhouse),
+                    "vllama_engines_hf_endpoint": hub_url,
                     "vllama_monitoring_grafana": False,  # not in Debian, no repository here
                     "vllama_monitoring_dcgm": False,
                     "vllama_engines": [
                         {
                             "name": "demo",
-                            "src": str(demo),
+                            "model": DEMO_REPO,  # pulled from the hub before the unit starts
                             "served_name": "vllama-demo",
                             "port": 8001,
-                            "args": "--max-model-len 512 --dtype bfloat16 --disable-log-stats --seed 0 --enforce-eager",
+                            "args": [
+                                "--max-model-len",
+                                "512",
+                                "--dtype",
+                                "bfloat16",
+                                "--disable-log-stats",
+                                "--seed",
+                                "0",
+                                "--enforce-eager",
+                                "--override-generation-config",
+                                json.dumps({"max_new_tokens": DEFAULT_MAX_TOKENS}),
+                            ],
                             "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
                         }
                     ],
@@ -215,8 +235,42 @@ def test_first_run_leaves_every_service_active(deployed: Deployment) -> None:
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
     # The engine runs as the unprivileged vllama user, the cache owned by it.
     assert deployed.host.show(ENGINE_UNIT, "User") == "vllama"
-    owner = deployed.host.sh("stat -c %U /var/cache/vllama/models/demo").stdout.strip()
+    # The model came from the hub, pulled by the vllama user into the one shared cache.
+    repo_dir = "/var/cache/vllama/huggingface/hub/models--" + DEMO_REPO.replace("/", "--")
+    owner = deployed.host.sh(f"stat -c %U {repo_dir}/snapshots").stdout.strip()
     assert owner == "vllama"
+    assert "Hub models are pulled into the cache as the vllama user" in deployed.first.output
+    # `vllama engine` replaced itself with vLLM's server: systemd's main process is vLLM.
+    pid = deployed.host.show(ENGINE_UNIT, "MainPID")
+    cmdline = deployed.host.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
+    assert (
+        "vllm.entrypoints.openai.api_server" in cmdline
+        and "--served-model-name vllama-demo" in cmdline
+    )
+    # Both units carry the shared hardening drop-in.
+    for unit in ("vllama.service", ENGINE_UNIT):
+        assert "/hardening.conf" in deployed.host.show(unit, "DropInPaths"), unit
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_vllama_is_the_wheel_built_here_verified_by_hash(deployed: Deployment) -> None:
+    """Never `pip install vllama` by name: the venv's vllama was installed from the wheel
+    copied from this checkout (PEP 610 direct_url.json names the file), whose sha256 on the
+    host equals the controller's."""
+    local = next((deployed.workdir / "wheelhouse").glob("vllama-*.whl"))
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    remote = deployed.host.sh(f"sha256sum /opt/vllama/wheels/{local.name}").stdout.split()
+    assert remote and remote[0] == digest
+    direct_url = deployed.host.sh(
+        "cat /opt/vllama/venv/lib/python3*/site-packages/vllama-*.dist-info/direct_url.json"
+    ).stdout
+    assert json.loads(direct_url)["url"] == f"file:///opt/vllama/wheels/{local.name}"
+    assert (
+        "--override-generation-config"
+        in deployed.host.sh("cat /etc/vllama/engines/demo.args").stdout
+    )
 
 
 @pytest.mark.docker
@@ -231,6 +285,9 @@ def test_ollama_chat_through_the_proxy(deployed: Deployment) -> None:
     )
     assert reply.done and reply.message.role == "assistant"
     assert reply.eval_count and 0 < reply.eval_count <= 8
+    # No limit given: the engine's own default from the JSON-valued flag applies.
+    unlimited = client.chat(model="vllama-demo", messages=[{"role": "user", "content": "hi"}])
+    assert unlimited.eval_count and unlimited.eval_count <= DEFAULT_MAX_TOKENS
     names = [m.model for m in client.list().models]
     assert any(n and n.startswith("vllama-demo") for n in names), names
 

@@ -117,6 +117,26 @@ def test_dcgm_counters_enable_what_the_alerts_need() -> None:
     assert referenced <= set(fields), referenced - set(fields)
 
 
+def test_throttle_counters_are_nanoseconds_in_the_help_and_the_rule() -> None:
+    """dcgm-exporter's own counters file gives the *_VIOLATION counters in ns
+    (NVIDIA/dcgm-exporter#589, etc/default-counters.csv; DCGM's dcgm_fields.h). Ours says
+    the same, and the throttled-share rule divides their rate by 1e9, not 1e6 (which would
+    read 1000x too much throttling)."""
+    counters = (MONITORING / "dcgm" / "counters.csv").read_text()
+    violations = re.findall(r"^(DCGM_FI_DEV_\w+_VIOLATION),[^\n]*$", counters, re.M)
+    assert len(violations) == 6
+    for name in violations:
+        line = next(ln for ln in counters.splitlines() if ln.startswith(name + ","))
+        assert line.rstrip().endswith("(in ns)."), line
+    rules = (PROMETHEUS / "rules" / "vllama-recording.yml").read_text()
+    used = re.findall(r"rate\((DCGM_FI_DEV_\w+_VIOLATION)\[5m\]\) / (\S+),", rules)
+    assert {name for name, _ in used} == {
+        "DCGM_FI_DEV_POWER_VIOLATION",
+        "DCGM_FI_DEV_THERMAL_VIOLATION",
+    }
+    assert {divisor for _, divisor in used} == {"1e9"}
+
+
 def test_recorded_dcgm_fixtures_parse() -> None:
     """The recorded exporter output is valid exposition text (lint findings aside)."""
     for path in sorted(FIXTURES.glob("dcgm-exporter-recorded-*.prom")):

@@ -19,6 +19,7 @@ from vllama.cli.client import facade_url, probe
 from vllama.cli.output import FAILED, OK, emit_json, human_size
 from vllama.cli.serve import bind_error
 from vllama.config import ConfigError, Settings
+from vllama.engine.pins import MIN_DRIVER_MAJOR, VLLM_CUDA, VLLM_VERSION, driver_supported
 from vllama.observability.gpu import probe_gpus
 
 Status = Literal["ok", "warn", "fail"]
@@ -95,6 +96,8 @@ def _gpu_checks(f: Facts) -> list[Check]:
         return out
     names = ", ".join(f"{g.index}: {g.name}" for g in f.gpus)
     out.append(Check("gpu", "ok", f"driver {f.driver or '?'}; {len(f.gpus)} GPU(s): {names}"))
+    if not f.cpu_build:
+        out.append(_driver_check(f.driver))
     for g in f.gpus:
         share = g.memory_free / g.memory_total if g.memory_total else 0.0
         status: Status = "warn" if share < GPU_FREE_WARN_SHARE else "ok"
@@ -107,6 +110,25 @@ def _gpu_checks(f: Facts) -> list[Check]:
             )
         )
     return out
+
+
+def _driver_check(driver: str | None) -> Check:
+    """vLLM's CUDA build runs only on a driver new enough for the CUDA it was built with."""
+    needs = f"vLLM {VLLM_VERSION} is built for CUDA {VLLM_CUDA}, which needs NVIDIA driver {MIN_DRIVER_MAJOR} or newer"
+    supported = driver_supported(driver or "")
+    if supported is None:
+        return Check("driver", "warn", f"cannot read the driver version ({driver!r}); {needs}")
+    if not supported:
+        return Check(
+            "driver",
+            "fail",
+            f"NVIDIA driver {driver} is too old: {needs}",
+            f"install NVIDIA driver {MIN_DRIVER_MAJOR} or newer (the distribution's or NVIDIA's "
+            "driver packages), reboot, then rerun `vllama doctor`",
+        )
+    return Check(
+        "driver", "ok", f"driver {driver} runs vLLM {VLLM_VERSION}'s CUDA {VLLM_CUDA} build"
+    )
 
 
 def _cuda_visible_check(f: Facts) -> Check:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama import __version__
-from vllama.cli import config_cmd, doctor, models_cmd, serve
+from vllama.cli import config_cmd, doctor, engine_cmd, models_cmd, serve
 from vllama.cli.output import USAGE, CliError, fail
 from vllama.config import ConfigError, Settings, load_settings
 
@@ -43,6 +43,14 @@ def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the façade (and supervised engines)")
     _common(p)
     serve.add_arguments(p)
+
+    p = sub.add_parser(
+        "engine",
+        help="run one vLLM engine (systemd's and compose's engine entry point)",
+        description="Run vLLM's OpenAI server with vllama's command line; flags after `--` "
+        "go to vLLM unchanged.",
+    )
+    engine_cmd.add_arguments(p)
 
     p = sub.add_parser("pull", help="download a model from the Hugging Face hub")
     _common(p)
@@ -92,6 +100,8 @@ def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
 
 def settings_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the user gave as flags (None: not given)."""
+    if getattr(args, "command", None) == "engine":
+        return {}  # its --host/--port are the engine's, not the façade's
     flags: dict[str, Any] = {
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
@@ -113,20 +123,25 @@ _RUNNERS = {
     "ps": models_cmd.run_ps,
     "show": models_cmd.run_show,
     "config": config_cmd.run,
+    "engine": engine_cmd.run,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after a bare `--` goes to the engines unchanged (`vllama serve -- --seed 0`).
+    # Everything after a bare `--` goes to the engines unchanged (`vllama serve -- --seed 0`,
+    # `vllama engine --model M -- --seed 0`).
     engine_extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, engine_extra = argv[:cut], argv[cut + 1 :]
     args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
     args.engine_extra = engine_extra
-    if engine_extra and args.command != "serve":
-        fail(args.command, "arguments after `--` are engine flags: only `serve` takes them")
+    if engine_extra and args.command not in ("serve", "engine"):
+        fail(
+            args.command,
+            "arguments after `--` are engine flags: only `serve` and `engine` take them",
+        )
         return USAGE
     if args.command == "version":
         print(f"vllama {__version__}")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from typing import Any
 
 from vllama.cli.client import facade_url, request_json
 from vllama.cli.output import FAILED, OK, UNREACHABLE, CliError, emit_json, human_size, table
+from vllama.cli.progress import PullProgress
 from vllama.config import Settings
 from vllama.models.store import ModelStore, StoreError
 
@@ -20,16 +23,47 @@ def _ago(unix: float) -> str:
     return "just now"
 
 
+def _json_line(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
 def run_pull(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    """Progress on a terminal (stderr); with --json one Ollama-style progress object per
+    line on stdout, the last one {"status": "success", "name", "revision", "path"}."""
     store = ModelStore(settings)
-    try:
-        path = store.pull(args.name, revision=args.revision, progress=not args.quiet)
-    except StoreError as exc:
-        raise CliError(str(exc), FAILED) from exc
+    name = store.resolve(args.name)
     if args.json:
-        emit_json({"name": store.resolve(args.name), "revision": args.revision, "path": str(path)})
+        progress: Any = _json_line
+    elif args.quiet:
+        progress = None
+    else:
+        progress = PullProgress()
+    try:
+        path = store.pull(
+            args.name,
+            revision=args.revision,
+            progress=(lambda e: e["status"] != "success" and progress(e)) if progress else None,
+        )
+    except StoreError as exc:
+        if args.json:
+            _json_line({"error": str(exc)})
+        raise CliError(str(exc), FAILED) from exc
+    except KeyboardInterrupt:
+        print(
+            f"\nvllama pull: interrupted; `vllama pull {args.name}` continues where it stopped",
+            file=sys.stderr,
+        )
+        raise
+    result = {
+        "status": "success",
+        "name": name,
+        "revision": args.revision or "main",
+        "path": str(path),
+    }
+    if args.json:
+        _json_line(result)
     elif not args.quiet:
-        print(f"pulled {store.resolve(args.name)} into {path}")
+        print(f"pulled {name} into {path}")
     return OK
 
 
@@ -39,11 +73,19 @@ def run_list(args: argparse.Namespace, settings: Settings, sources: dict[str, st
         emit_json({"models": [m.as_dict() for m in models]})
     elif args.quiet:
         for m in models:
-            print(m.name)
+            if m.complete:  # names for scripts: only models an engine can be started on
+                print(m.name)
     else:
-        rows = [["NAME", "SIZE", "FILES", "MODIFIED"]]
+        rows = [["NAME", "SIZE", "FILES", "MODIFIED", "STATUS"]]
         rows += [
-            [m.name, human_size(m.size_bytes), str(m.files), _ago(m.modified_unix)] for m in models
+            [
+                m.name,
+                human_size(m.size_bytes),
+                str(m.files),
+                _ago(m.modified_unix),
+                "complete" if m.complete else f"incomplete: `vllama pull {m.name}` finishes it",
+            ]
+            for m in models
         ]
         print(table(rows))
     return OK

@@ -49,3 +49,54 @@ class LoadProgress:
             self.stream.write("\r\x1b[K")
         self.stream.write(message + "\n")
         self.stream.flush()
+
+
+class PullProgress:
+    """`vllama pull`'s view of the store's Ollama-style events: one updating line per file
+    on a terminal, a line per file (and every `plain_every_s` while it lasts) otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, *, plain_every_s: float = 10.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.plain_every_s = plain_every_s
+        self._status = ""
+        self._last = -1e9
+        self._finished: set[str] = set()
+
+    def __call__(self, event: dict[str, object]) -> None:
+        status = str(event.get("status", ""))
+        total, done = event.get("total"), event.get("completed")
+        if not isinstance(total, int) or not isinstance(done, int):
+            self._line(status, final=True)
+            return
+        if status in self._finished:
+            return  # its 100% line is out already
+        pct = f"{100 * done / total:5.1f}%" if total else "  100%"
+        text = f"{status}: {pct} of {_size(total)}"
+        finished = done >= total
+        if finished:
+            self._finished.add(status)
+        now = time.monotonic()
+        if (
+            status != self._status
+            or finished
+            or now - self._last >= (0.1 if self.tty else self.plain_every_s)
+        ):
+            self._line(text, final=finished)
+            self._last = now
+        self._status = status
+
+    def _line(self, text: str, *, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
+        elif final or text:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"

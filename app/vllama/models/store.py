@@ -1,18 +1,20 @@
 """The model store: models on disk in the Hugging Face cache, plus the demo model.
 
-`vllama pull/list/rm` and the façade's `/api/pull` and `/api/delete` use `ModelStore`. Downloads go through huggingface_hub (resumable: interrupted files continue
-from their `.incomplete` part; `HF_TOKEN` and `HF_ENDPOINT` are honoured by the hub
-client). Hub failures become `StoreError`s whose message says what to do next.
+`vllama pull/list/rm` and the façade's `/api/pull` and `/api/delete` use `ModelStore`. Downloads go file by file through `models.download` (resumable: an
+interrupted file continues from its `blobs/<etag>.incomplete` part with a Range request;
+`HF_TOKEN` and `HF_ENDPOINT` are honoured). A model whose pull did not finish is listed as
+incomplete and is not handed to an engine. Hub failures become `StoreError`s whose message
+says what to do next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 from vllama.config import Settings
 from vllama.demo import DEMO_MODEL_NAME, demo_dir, is_demo_dir
+from vllama.models import download
 from vllama.names import strip_latest
 
 Progress = dict[str, Any]
@@ -53,6 +56,10 @@ class HubUnreachable(StoreError):
     status = 502
 
 
+class DiskFull(StoreError):
+    status = 507  # Insufficient Storage
+
+
 @dataclass(frozen=True)
 class StoredModel:
     name: str  # repo id, or the demo model's name
@@ -62,6 +69,7 @@ class StoredModel:
     modified_unix: float
     revisions: tuple[str, ...]
     kind: str  # "hub" or "demo"
+    complete: bool = True  # False: a pull was cut short; `vllama pull` finishes it
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -98,11 +106,27 @@ def _http_status(exc: BaseException) -> int | None:
     return None
 
 
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.1f} MB"
+
+
 def hub_error(exc: BaseException, repo_id: str, revision: str | None) -> StoreError:
     """Translate a huggingface_hub failure into an error that says what to do next."""
     from huggingface_hub import errors as hf_errors
 
     endpoint = hub_endpoint()
+    if isinstance(exc, download.NotEnoughSpace):
+        return DiskFull(
+            f"not enough disk space for {repo_id} in {exc.path}: {_gb(exc.needed)} more needed, "
+            f"{_gb(exc.free)} free; free space there or set cache_dir (VLLAMA_CACHE_DIR) to a "
+            "larger disk, then pull again"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return DiskFull(
+            f"the disk filled up while downloading {repo_id} ({exc.filename or 'the model cache'}); "
+            "free space or set cache_dir (VLLAMA_CACHE_DIR) to a larger disk, then pull again: "
+            "it continues where it stopped"
+        )
     status = _http_status(exc)
     if isinstance(exc, hf_errors.GatedRepoError) or status == 403:
         return HubAccessDenied(
@@ -133,41 +157,6 @@ def hub_error(exc: BaseException, repo_id: str, revision: str | None) -> StoreEr
     )
 
 
-class _Reporter:
-    """A tqdm stand-in for hf_hub_download: turns byte progress into Ollama events."""
-
-    emit: Callable[[int], None] = staticmethod(lambda n: None)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.n = int(kwargs.get("initial") or 0)
-        self._last = 0.0
-        self._sent = -1
-
-    def __enter__(self) -> _Reporter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def update(self, n: float | None = 1) -> None:
-        self.n += int(n or 0)
-        now = time.monotonic()
-        if now - self._last >= 0.2:  # a few events a second is plenty for a progress bar
-            self._last = now
-            self._send()
-
-    def _send(self) -> None:
-        if self.n != self._sent:
-            self._sent = self.n
-            type(self).emit(self.n)
-
-    def close(self) -> None:
-        self._send()
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *a, **k: None  # refresh, set_postfix_str, update_transfer, ...
-
-
 class ModelStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -182,32 +171,56 @@ class ModelStore:
 
     # --- pull --------------------------------------------------------------------------
 
-    def pull(self, name: str, *, revision: str | None = None, progress: bool = True) -> Path:
-        """Download (or finish downloading) a model with the hub client's progress bars."""
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
-
+    def pull(
+        self,
+        name: str,
+        *,
+        revision: str | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> Path:
+        """Download (or finish downloading) a model; `progress` gets Ollama-style events:
+        manifest, one {status,digest,total,completed} series per file, then success."""
+        emit = progress or (lambda event: None)
         repo_id = self.resolve(name)
-        (enable_progress_bars if progress else disable_progress_bars)()
-        try:
-            return Path(
-                snapshot_download(
-                    repo_id,
-                    revision=revision,
-                    cache_dir=self.cache_dir,
-                    max_workers=4,
-                    endpoint=hub_endpoint(),
-                )
+        revision = revision or "main"
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise HubUnreachable(
+                f"cannot download {repo_id}: HF_HUB_OFFLINE=1 is set here, which forbids "
+                "downloads; unset it for the pull (engines may keep it) and pull again"
             )
+        emit({"status": "pulling manifest"})
+        try:
+            plan = download.plan(repo_id, revision, self.cache_dir, hub_endpoint())
+            download.check_space(plan, self.cache_dir)
+            download.begin(self.cache_dir, plan)
+            for item in plan.files:
+                digest = (
+                    "sha256:"
+                    + hashlib.sha256(
+                        f"{repo_id}@{plan.commit}/{item.filename}".encode()
+                    ).hexdigest()
+                )
+                event = {"status": f"pulling {item.filename}", "digest": digest}
+
+                def on_bytes(done: int, total: int, event: Progress = event) -> None:
+                    emit({**event, "total": total, "completed": done})
+
+                download.fetch_file(
+                    repo_id, item.filename, plan.commit, self.cache_dir, hub_endpoint(), on_bytes
+                )
+            path = download.finish(self.cache_dir, plan)
         except Exception as exc:
             raise hub_error(exc, repo_id, revision) from exc
+        emit({"status": "verifying sha256 digest"})
+        emit({"status": "writing manifest"})
+        emit({"status": "success"})
+        return path
 
     async def pull_progress(
         self, name: str, *, revision: str | None = None
     ) -> AsyncIterator[Progress]:
-        """Ollama-style progress: manifest, one {status,digest,total,completed} series per
-        file, then success. Raises StoreError (before or between events)."""
-        repo_id = self.resolve(name)
+        """`pull` as an async stream of its progress events. Raises StoreError (before or
+        between events)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Progress | BaseException | None] = asyncio.Queue()
 
@@ -216,58 +229,28 @@ class ModelStore:
 
         def work() -> None:
             try:
-                self._download_reporting(repo_id, revision, put)
+                self.pull(name, revision=revision, progress=put)
                 put(None)
-            except Exception as exc:
-                put(hub_error(exc, repo_id, revision))
+            except StoreError as exc:
+                put(exc)
 
-        yield {"status": "pulling manifest"}
-        thread = threading.Thread(target=work, name=f"pull-{repo_id}", daemon=True)
+        thread = threading.Thread(target=work, name=f"pull-{name}", daemon=True)
         thread.start()
         while (item := await queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
-        yield {"status": "verifying sha256 digest"}
-        yield {"status": "writing manifest"}
-        yield {"status": "success"}
 
-    def _download_reporting(
-        self, repo_id: str, revision: str | None, put: Callable[[Progress], None]
-    ) -> None:
-        from huggingface_hub import hf_hub_download, snapshot_download
-
-        endpoint = hub_endpoint()
-        plan = snapshot_download(
-            repo_id, revision=revision, cache_dir=self.cache_dir, dry_run=True, endpoint=endpoint
+    def unfinished(self, name: str) -> str | None:
+        """Why an engine must not be started on `name` from the cache: a pull of it was cut
+        short. None when it is whole, or not in the cache at all."""
+        model = self.find(name)
+        if model is None or model.complete:
+            return None
+        return (
+            f"model '{model.name}' is only partly downloaded in {model.path} (a pull was cut "
+            f"short); finish it with `vllama pull {model.name}`, then start the engine"
         )
-        for info in plan:
-            total = int(info.file_size or 0)
-            digest = (
-                "sha256:"
-                + hashlib.sha256(
-                    f"{repo_id}@{info.commit_hash}/{info.filename}".encode()
-                ).hexdigest()
-            )
-            event = {"status": f"pulling {info.filename}", "digest": digest, "total": total}
-            put({**event, "completed": total if info.is_cached else 0})
-            if info.is_cached:
-                continue
-            reporter = type(
-                "FileReporter",
-                (_Reporter,),
-                {"emit": staticmethod(lambda n, e=event: put({**e, "completed": n}))},
-            )
-            hf_hub_download(
-                repo_id,
-                info.filename,
-                revision=info.commit_hash,
-                cache_dir=self.cache_dir,
-                tqdm_class=reporter,
-                endpoint=endpoint,
-            )
-        # Records the branch/tag -> commit ref, so `list` and engines find the snapshot.
-        snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir, endpoint=endpoint)
 
     # --- list / find / delete ----------------------------------------------------------
 
@@ -293,6 +276,7 @@ class ModelStore:
                         modified_unix=repo.last_modified,
                         revisions=tuple(sorted(r.commit_hash for r in repo.revisions)),
                         kind="hub",
+                        complete=download.is_complete(Path(repo.repo_path)),
                     )
                 )
         demo = demo_dir(self.settings)

@@ -11,6 +11,7 @@ import pytest
 
 from vllama.cli.doctor import Check, EngineFact, Facts, Gpu, evaluate
 from vllama.cli.main import main
+from vllama.engine.pins import VLLM_CUDA, VLLM_VERSION
 
 GB = 10**9
 
@@ -21,7 +22,7 @@ def _status(checks: list[Check], name: str) -> str:
 
 def healthy() -> Facts:
     return Facts(
-        driver="560.35",
+        driver="580.95.05",
         gpus=[Gpu(0, "NVIDIA L4", 24 * GB, 20 * GB)],
         disk_free=500 * GB,
         cache_dir="/models",
@@ -33,6 +34,34 @@ def test_a_healthy_gpu_host_passes() -> None:
     checks = evaluate(healthy())
     assert {c.status for c in checks} == {"ok"}
     assert "NVIDIA L4" in next(c.detail for c in checks if c.name == "gpu")
+
+
+@pytest.mark.parametrize(
+    ("driver", "status"),
+    [
+        ("580.65.06", "ok"),
+        ("590.44.01", "ok"),
+        ("575.57.08", "fail"),
+        ("535.261.03", "fail"),
+        ("", "warn"),
+    ],
+)
+def test_driver_must_run_the_pinned_vllm_cuda_build(driver: str, status: str) -> None:
+    f = healthy()
+    f.driver = driver
+    check = next(c for c in evaluate(f) if c.name == "driver")
+    assert check.status == status
+    if status == "fail":
+        # Names the driver it found, the one needed, and why (the pinned build's CUDA).
+        assert driver in check.detail and "580 or newer" in check.detail
+        assert f"vLLM {VLLM_VERSION}" in check.detail and f"CUDA {VLLM_CUDA}" in check.detail
+        assert "install NVIDIA driver 580 or newer" in check.hint
+
+
+def test_cpu_build_does_not_judge_the_driver() -> None:
+    f = healthy()
+    f.driver, f.cpu_build = "470.256.02", True
+    assert all(c.name != "driver" for c in evaluate(f))
 
 
 def test_no_gpu_is_a_warning_with_the_cpu_build_and_a_failure_without() -> None:

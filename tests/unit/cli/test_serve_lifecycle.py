@@ -74,9 +74,12 @@ def test_sigterm_while_loading_stops_the_engine(tmp_path: Path) -> None:
             if entry.name.isdigit():
                 try:
                     cmd = (entry / "cmdline").read_bytes()
+                    stat = (entry / "stat").read_text()
                 except OSError:
                     continue
-                if cmd.startswith(b"sleep\x00300"):
+                # Ours only: other test runs on this machine may sleep the same way.
+                ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+                if cmd.startswith(b"sleep\x00300") and ppid == proc.pid:
                     engine_pgid = os.getpgid(int(entry.name))
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)

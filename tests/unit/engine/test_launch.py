@@ -94,3 +94,17 @@ def test_a_vision_model_is_reported_with_its_parsers() -> None:
     assert spec.engine_config().capabilities == ["tools", "vision"]
     plain = engine_spec(ModelLaunch(model="m"), _settings(), 1, cpu_build=False)
     assert plain.engine_config().capabilities == []  # given, so never probed
+
+
+def test_images_use_the_one_cache_layout() -> None:
+    """vllama's cache_dir is $HF_HOME/hub in every image, so the façade's pulls and the
+    engines (HF_HUB_CACHE from launch.cache_env, or HF_HOME's default) share one folder."""
+    import re
+
+    repo = Path(__file__).resolve().parents[3]
+    for name in ("vllm", "vllm-cpu"):
+        text = (repo / "images" / name / "Dockerfile").read_text()
+        home = re.search(r"HF_HOME=(\S+)", text)
+        cache = re.search(r"VLLAMA_CACHE_DIR=(\S+)", text)
+        assert home and cache, name
+        assert cache.group(1) == f"{home.group(1)}/hub", name

@@ -57,7 +57,7 @@ def _collect(store: ModelStore, name: str) -> list[dict[str, object]]:
 
 
 def test_pull_downloads_every_file_byte_for_byte(store: ModelStore, hub: HubState) -> None:
-    path = store.pull(REPO, progress=False)
+    path = store.pull(REPO)
     assert path.name == COMMIT
     for name, data in hub.files.items():
         assert (path / name).read_bytes() == data
@@ -80,7 +80,7 @@ def test_broken_transfer_resumes_where_it_stopped(
     with standin_hub(src) as (url, hub):
         monkeypatch.setenv("HF_ENDPOINT", url)
         hub.cut_once = "model.safetensors"
-        path = store.pull(REPO, progress=False)
+        path = store.pull(REPO)
     ranges = [r[2] for r in hub.requests if r[0] == "GET" and "/resolve/" in r[1]]
     assert ranges[0] is None and ranges[1] is not None
     assert ranges[1].startswith("bytes=") and int(ranges[1][6:].split("-")[0]) >= 10 * 2**20
@@ -113,13 +113,13 @@ def test_pull_progress_is_ollama_shaped(store: ModelStore, hub: HubState) -> Non
 
 def test_gated_model_says_how_to_get_access(store: ModelStore, hub: HubState) -> None:
     with pytest.raises(HubAccessDenied, match="gated") as err:
-        store.pull(GATED, progress=False)
+        store.pull(GATED)
     assert "HF_TOKEN" in str(err.value) and err.value.status == 403
 
 
 def test_private_model_401_names_hf_token(store: ModelStore, hub: HubState) -> None:
     with pytest.raises(HubAccessDenied, match="HTTP 401") as err:
-        store.pull(PRIVATE, progress=False)
+        store.pull(PRIVATE)
     assert "HF_TOKEN" in str(err.value)
 
 
@@ -135,14 +135,14 @@ def test_unreachable_hub_says_what_to_do(
 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
     with pytest.raises(HubUnreachable) as err:
-        store.pull(REPO, progress=False)
+        store.pull(REPO)
     message = str(err.value)
     assert "cannot reach the model hub" in message and "HF_ENDPOINT" in message
     assert "--model /path" in message
 
 
 def test_delete_frees_space_and_refuses_served_models(store: ModelStore, hub: HubState) -> None:
-    store.pull(REPO, progress=False)
+    store.pull(REPO)
     size = sum(len(d) for d in hub.files.values())
     with pytest.raises(ModelInUse):
         store.delete(REPO, serving={REPO})

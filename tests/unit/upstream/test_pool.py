@@ -276,7 +276,7 @@ async def test_connections_dropped_on_reuse_are_retried_fresh_and_spare_the_brea
         )
         assert all(a["id"] == "chatcmpl-scripted" for a in answers)
     assert engine.counts.dropped >= 8  # the race really happened
-    assert engine.counts.answered == 24
+    assert engine.counts.answered >= 24  # (and discovery's capability probes)
     (e,) = pool.engines()
     assert e.breaker.state.name == "CLOSED" and e.breaker.failure_rate()[1] == 0
     url = engine.url
