@@ -213,7 +213,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             "## Against the instant upstream: added latency and CPU",
             "",
             "Upstream: `tests/perf/instant_upstream.py` (raw asyncio + httptools, prebuilt answers",
-            f"shaped like vLLM 0.32's, {lat['stream_tokens']} events per stream written at once). "
+            f"shaped like vLLM 0.32's, {lat['stream_tokens']} events per stream written at once, with",
+            "the per-request timings of `--enable-per-request-metrics`, as engines vllama starts).",
             f"{lat['rounds']} rounds × {lat['seconds_per_run']} s per target and level.",
             f"During the phase: {describe_load(lat['load'])}.",
             "",

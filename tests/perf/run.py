@@ -153,7 +153,9 @@ def latency_phase(quick: bool) -> dict[str, Any]:
     rounds = 3 if quick else 5
     seconds = 2.0 if quick else 2.5
     with ExitStack() as stack:
-        upstream = procs.instant_upstream(chunks=STREAM_TOKENS)
+        # Its answers carry vLLM's per-request timings, as engines vllama starts do
+        # (--enable-per-request-metrics): /api stream:false is then answered whole.
+        upstream = procs.instant_upstream(chunks=STREAM_TOKENS, request_metrics_ms=0.05)
         up = stack.enter_context(procs.running(upstream, "/health"))
         fac = stack.enter_context(
             procs.running(procs.facade(up.url, app_dir=FACADE_APP), "/health/ready")
@@ -198,6 +200,8 @@ def frontend_phase(quick: bool) -> dict[str, Any]:
     try:
         assert engine.proc is not None
         frontend = psutil.Process(engine.proc.pid)  # vLLM's API server: the HTTP frontend
+        if not any("api_server" in part for part in frontend.cmdline()):
+            raise RuntimeError(f"{frontend.cmdline()} is not vLLM's API server process")
         children = [c.name() for c in frontend.children(recursive=True)]
         with procs.running(
             procs.facade(engine.url, name="facade-e2e", app_dir=FACADE_APP), "/health/ready"
