@@ -698,7 +698,12 @@ async def _event_batches(
                         yield batch
                     await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
                     return
-                batch.append(_event(call, data))
+                try:
+                    batch.append(_event(call, data))
+                except UpstreamError:
+                    if batch:  # the events before the failure still go out first
+                        yield batch
+                    raise
             if batch:
                 yield batch
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
