@@ -10,19 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import procs
+from tests.procs import LOGS, REPO, free_port, http_ok
+
 CACHE = REPO / ".cache"
-LOGS = CACHE / "logs"
 
 CHAT_MODEL = "vllama-demo"
 EMBED_MODEL = "all-minilm"
@@ -56,12 +53,6 @@ REQUEST_LOG_CONFIG = {
 START_TIMEOUT_S = float(os.environ.get("VLLAMA_TEST_ENGINE_TIMEOUT", "420"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def demo_model_dir() -> Path:
     from vllama.engine.demo_model import build_demo_model
 
@@ -81,15 +72,13 @@ def embed_model_dir() -> Path:
 
 
 def engine_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-    )
-    return env
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
 
 
 def engine_command(kind: str, port: int) -> list[str]:
@@ -128,62 +117,36 @@ def kind_env(kind: str) -> dict[str, str]:
     return env
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 @dataclass
 class Engine:
     kind: str
     url: str
     model: str
-    proc: subprocess.Popen[bytes] | None = None  # None: started by someone else
-    log: Path | None = None
+    process: procs.Proc | None = None  # None: started by someone else
+    log: Path | None = None  # its output, when this machine has it
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.popen if self.process is not None else None
 
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
     def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.kind} engine exited with {self.proc.returncode}; "
-                    f"see {self.log}:\n{self.tail()}"
-                )
-            if http_ok(f"{self.url}/health"):
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.kind} engine not healthy after {timeout:.0f}s; see {self.log}")
+        if self.process is not None:
+            self.process.wait_ready("/health", timeout)
+        else:
+            procs.wait_for(lambda: http_ok(f"{self.url}/health"), f"{self.url}", timeout)
 
-    def tail(self, n: int = 40) -> str:
-        if self.log is None or not self.log.exists():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self, grace: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
 
     def kill(self) -> None:
         """SIGKILL the whole engine (API server and engine core), as a crash would."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.process is not None:
+            self.process.kill()
 
 
 def start_engine(
@@ -191,18 +154,15 @@ def start_engine(
 ) -> Engine:
     """Start a real engine; `extra_args` come last, so they override the defaults."""
     port = port or free_port()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"engine-{kind}-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*engine_command(kind, port), *extra_args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=kind_env(kind),
-            start_new_session=True,
-            cwd=str(REPO),
-        )
-    engine = Engine(kind, f"http://127.0.0.1:{port}", MODELS[kind], proc, log)
+    url = f"http://127.0.0.1:{port}"
+    process = procs.start(
+        f"{kind} engine",
+        [*engine_command(kind, port), *extra_args],
+        LOGS / f"engine-{kind}-{port}.log",
+        url=url,
+        env=kind_env(kind),
+    )
+    engine = Engine(kind, url, MODELS[kind], process, process.log)
     if wait:
         try:
             engine.wait_healthy()
@@ -250,12 +210,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
     engine = start_engine(args.kind, args.port)
+    assert engine.process is not None
     print(
-        f"{args.kind} engine ready at {engine.url} (log {engine.log}); Ctrl-C stops it", flush=True
+        f"{args.kind} engine ready at {engine.url} (log {engine.process.log}); Ctrl-C stops it",
+        flush=True,
     )
     try:
-        assert engine.proc is not None
-        engine.proc.wait()
+        engine.process.popen.wait()
     except KeyboardInterrupt:
         pass
     finally:

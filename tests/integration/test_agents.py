@@ -12,7 +12,6 @@ import ast
 import base64
 import io
 import json
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from PIL import Image
 from tests.engines import Engine
 from tests.facade import run_facade
 from tests.models import scripted
+from tests.procs import wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(120)]
 
@@ -60,9 +60,21 @@ def rid() -> str:
     return f"agents-{uuid.uuid4().hex[:12]}"
 
 
+_open: list[ollama.Client | openai.OpenAI] = []  # clients a test made, closed after it
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
 def client(facade: str, request_id: str | None = None) -> ollama.Client:
     headers = {"X-Request-ID": request_id} if request_id else {}
-    return ollama.Client(host=facade, timeout=60, headers=headers)
+    c = ollama.Client(host=facade, timeout=60, headers=headers)
+    _open.append(c)
+    return c
 
 
 def engine_prompt(engine: Engine, request_id: str) -> str:
@@ -70,16 +82,18 @@ def engine_prompt(engine: Engine, request_id: str) -> str:
     (vLLM's request logger, at DEBUG for that logger only: tests/engines.py)."""
     if engine.log is None:
         pytest.skip("the scripted engine was started outside this session: no log to read")
+    log = engine.log
     marker = f"Request chatcmpl-{request_id} details: prompt: "
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in engine.log.read_text(errors="replace").splitlines():
+
+    def logged() -> str | None:
+        for line in log.read_text(errors="replace").splitlines():
             if marker in line:
-                literal = line.split(marker, 1)[1].split(", prompt_token_ids:", 1)[0]
-                prompt: str = ast.literal_eval(literal)
-                return prompt
-        time.sleep(0.2)
-    raise AssertionError(f"the engine logged no request {request_id}")
+                return line.split(marker, 1)[1].split(", prompt_token_ids:", 1)[0]
+        return None
+
+    literal = wait_for(logged, f"the engine logging request {request_id}", 10, interval=0.2)
+    prompt: str = ast.literal_eval(literal)
+    return prompt
 
 
 # --- capabilities --------------------------------------------------------------------------
@@ -153,9 +167,11 @@ def test_langchain_bind_tools_on_chat_ollama(facade: str, scripted_engine: Engin
     from langchain_ollama import ChatOllama
 
     request_id = rid()
-    llm = ChatOllama(
+    chat = ChatOllama(
         model=MODEL, base_url=facade, client_kwargs={"headers": {"X-Request-ID": request_id}}
-    ).bind_tools([WEATHER])
+    )
+    _open.append(chat._client)  # langchain-ollama 1.1 has no close(); this is its client
+    llm = chat.bind_tools([WEATHER])
     messages: list[Any] = [HumanMessage("What is the weather in Paris?")]
     ai = llm.invoke(messages)
     (call,) = ai.tool_calls
@@ -172,6 +188,7 @@ def test_openai_sdk_gets_the_call_and_sends_the_result_by_id(
     facade: str, scripted_engine: Engine, stream: bool
 ) -> None:
     sdk = openai.OpenAI(base_url=f"{facade}/v1", api_key="none", timeout=60)
+    _open.append(sdk)
     tools: Any = [WEATHER]
     if stream:
         name, arguments, call_id = "", "", ""

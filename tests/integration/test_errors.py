@@ -4,13 +4,15 @@ the problem; never a traceback, never HTML, never a hang."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.engines import Engine, free_port
+from tests.engines import Engine
 from tests.facade import run_facade
+from tests.procs import free_port
 
 # func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(120, func_only=True)]
@@ -37,8 +39,9 @@ def ollama_error(resp: httpx.Response, status: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def http(facade_url: str) -> httpx.Client:
-    return httpx.Client(base_url=facade_url, timeout=30)
+def http(facade_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=facade_url, timeout=30) as c:
+        yield c
 
 
 def test_malformed_json(http: httpx.Client) -> None:

@@ -14,8 +14,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 
 from tests.engines import Engine
 from tests.facade import run_facade
+from tests.procs import wait_for
 from tests.scripted_engine import Script, scripted_engine_thread
 from vllama.config import Settings
 from vllama.server.app import create_app
@@ -126,24 +127,34 @@ def test_every_protected_route_needs_a_key(keyed: str) -> None:
             assert c.request(method, path).status_code == 200, path
 
 
-def test_real_clients_with_and_without_a_key(keyed: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_clients_with_and_without_a_key(
+    keyed: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+    clients = ExitStack()
+    request.addfinalizer(clients.close)
     with pytest.raises(ollama.ResponseError) as refused:
-        ollama.Client(host=keyed, timeout=60).list()
+        clients.enter_context(ollama.Client(host=keyed, timeout=60)).list()
     assert refused.value.status_code == 401 and "missing API key" in refused.value.error
-    bad = openai.OpenAI(base_url=f"{keyed}/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    bad = clients.enter_context(
+        openai.OpenAI(base_url=f"{keyed}/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    )
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
 
     monkeypatch.setenv("OLLAMA_API_KEY", ALICE)  # ollama-python sends it as a Bearer token
-    reply = ollama.Client(host=keyed, timeout=60).chat(
+    reply = clients.enter_context(ollama.Client(host=keyed, timeout=60)).chat(
         model=CHAT, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3}
     )
     assert reply.done and (reply.eval_count or 0) > 0
-    headers = ollama.Client(host=keyed, timeout=60, headers={"x-api-key": SOLO})
+    headers = clients.enter_context(
+        ollama.Client(host=keyed, timeout=60, headers={"x-api-key": SOLO})
+    )
     assert len(headers.embed(model=EMBED, input="x").embeddings[0]) == 384
 
-    good = openai.OpenAI(base_url=f"{keyed}/v1", api_key=SOLO, max_retries=0, timeout=60)
+    good = clients.enter_context(
+        openai.OpenAI(base_url=f"{keyed}/v1", api_key=SOLO, max_retries=0, timeout=60)
+    )
     assert CHAT in {m.id for m in good.models.list()}
     done = good.chat.completions.create(
         model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=3
@@ -160,14 +171,6 @@ def metric(url: str, name: str, headers: dict[str, str] | None = None, **labels:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return 0.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -195,7 +198,7 @@ def test_per_key_concurrency_is_429_per_api(keyed: str) -> None:
     alice = {"x-api-key": ALICE}
     embed_body: dict[str, Any] = {"model": EMBED, "input": "x"}
     with held_request(keyed, "/api/chat", solo):
-        wait_until(lambda: in_flight(keyed, "/api/chat", alice) == 1, "the held request")
+        wait_for(lambda: in_flight(keyed, "/api/chat", alice) == 1, "the held request", 10)
         ollama_429 = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=solo, timeout=60)
         openai_429 = httpx.post(f"{keyed}/v1/embeddings", json=embed_body, headers=solo, timeout=60)
         other_key = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=alice, timeout=60)
@@ -206,7 +209,7 @@ def test_per_key_concurrency_is_429_per_api(keyed: str) -> None:
     assert SOLO not in ollama_429.text + openai_429.text
     assert other_key.status_code == 200
     # The slot comes back once the held request is gone.
-    wait_until(lambda: in_flight(keyed, "/api/chat", alice) == 0, "the slot to be released")
+    wait_for(lambda: in_flight(keyed, "/api/chat", alice) == 0, "the slot to be released", 10)
     after = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=solo, timeout=60)
     assert after.status_code == 200 and len(after.json()["embeddings"][0]) == 384
 
@@ -225,15 +228,17 @@ def test_full_queue_is_503_server_busy_then_drains(
     ):
         results: list[httpx.Response] = []
         with held_request(url, "/api/chat"):
-            wait_until(lambda: in_flight(url, "/api/chat") == 1, "the held request")
+            wait_for(lambda: in_flight(url, "/api/chat") == 1, "the held request", 10)
             waiter = threading.Thread(
                 target=lambda: results.append(httpx.post(f"{url}/api/embed", json=body, timeout=60))
             )
             waiter.start()
-            wait_until(lambda: metric(url, "vllama_requests_queued") == 1, "one queued request")
+            wait_for(lambda: metric(url, "vllama_requests_queued") == 1, "one queued request", 10)
             busy = httpx.post(f"{url}/v1/embeddings", json=body, timeout=60)
-            busy_ollama = ollama.Client(host=url, timeout=60)
-            with pytest.raises(ollama.ResponseError) as refused:
+            with (
+                ollama.Client(host=url, timeout=60) as busy_ollama,
+                pytest.raises(ollama.ResponseError) as refused,
+            ):
                 busy_ollama.embed(model=EMBED, input="x")
             tags = httpx.get(f"{url}/api/tags", timeout=10)  # not an inference route
             assert results == []  # still waiting behind the held request
@@ -320,7 +325,7 @@ def test_rate_limit_is_429_with_retry_after_then_passes(
         proxied = c.post("/api/embed", json=body, headers={"X-Forwarded-For": "198.51.100.7"})
         started = time.monotonic()
         passed: list[int] = []
-        wait_until(
+        wait_for(
             lambda: passed.append(c.post("/api/embed", json=body).status_code) or passed[-1] == 200,
             "the bucket to refill",
             timeout=5,

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import re
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.engines import REPO, Engine, free_port, http_ok, start_engine
+from tests import procs
+from tests.engines import Engine, start_engine
 from tests.facade import run_facade
+from tests.procs import free_port, wait_for
 from tests.unit.cli.serve_proc import run_serve
 
 # func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
@@ -34,32 +33,6 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(300, func_only=True)]
 
 CHAT = "vllama-demo"
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
-    """Poll until `check()`; return the seconds it took."""
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
-    return time.monotonic() - t0
-
-
-@contextlib.contextmanager
-def instant_upstream(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.perf.instant_upstream", "--port", str(port)],
-        cwd=str(REPO),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for("instant upstream up", lambda: http_ok(f"http://127.0.0.1:{port}/health"), 30)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -89,12 +62,14 @@ def test_breaker_routes_around_a_dead_replica_and_takes_it_back(chat_engine: Eng
         "breaker_reset_s": 3.0,
         "health_interval_s": 60,  # requests alone drive the breaker here
     }
-    with instant_upstream(port) as proc, run_facade(**settings) as url:
-        http = httpx.Client(base_url=url, timeout=60)
+    with (
+        procs.running(procs.instant_upstream(port=port), "/health", 30) as upstream,
+        run_facade(**settings) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
         served_by = [chat(http)["id"].startswith("chatcmpl-instant") for _ in range(4)]
         assert any(served_by) and not all(served_by)  # both replicas take a share
-        proc.kill()
-        proc.wait(10)
+        upstream.kill()
         # Every request still succeeds: connection refused is retried on the live replica.
         for _ in range(6):
             assert not chat(http)["id"].startswith("chatcmpl-instant")
@@ -105,10 +80,10 @@ def test_breaker_routes_around_a_dead_replica_and_takes_it_back(chat_engine: Eng
         ready = http.get("/health/ready").json()
         assert {e["url"]: e["breaker"] for e in ready["engines"]}[flaky] == "open"
 
-        with instant_upstream(port):
+        with procs.running(procs.instant_upstream(port=port), "/health", 30):
             # After breaker_reset_s one trial request goes there, succeeds and closes it.
             wait_for(
-                "flaky replica back in", lambda: chat(http)["id"].startswith("chatcmpl-instant"), 15
+                lambda: chat(http)["id"].startswith("chatcmpl-instant"), "flaky replica back in", 15
             )
             metrics = http.get("/metrics").text
             assert metric(metrics, "vllama_engine_breaker_state", engine=flaky) == 0
@@ -143,8 +118,9 @@ def engine_gauges(engine: Engine) -> dict[str, float]:
 def assert_aborted(engine: Engine, before: dict[str, float]) -> None:
     """The client is gone: the engine's running count drops back quickly, because its
     requests were aborted, not because they ran to their end (that counts "length")."""
-    took = wait_for("engine request gone", lambda: engine_gauges(engine)["running"] == 0, 10)
-    assert took < 2.5
+    gone_from = time.monotonic()
+    wait_for(lambda: engine_gauges(engine)["running"] == 0, "engine request gone", 10)
+    assert time.monotonic() - gone_from < 2.5
     after = engine_gauges(engine)
     assert after.get("length", 0) == before.get("length", 0)
     assert after.get("stop", 0) == before.get("stop", 0)
@@ -201,7 +177,7 @@ def test_client_gone_before_a_non_streamed_answer_aborts_the_engine_request(
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
             )
             wait_for(
-                "the engine at work", lambda: engine_gauges(own_chat_engine)["running"] > 0, 30
+                lambda: engine_gauges(own_chat_engine)["running"] > 0, "the engine at work", 30
             )
         assert_aborted(own_chat_engine, before)
         log = httpx.get(f"{url}/metrics", timeout=10).text
@@ -224,9 +200,10 @@ def test_client_gone_before_an_ollama_answer_closes_the_upstream_request() -> No
                 b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw)
             )
-            wait_for("the engine at work", lambda: hung.counts.hung == 1, 30)
-        took = wait_for("upstream request closed", lambda: hung.counts.abandoned == 1, 10)
-        assert took < 2.5
+            wait_for(lambda: hung.counts.hung == 1, "the engine at work", 30)
+        closed_from = time.monotonic()
+        wait_for(lambda: hung.counts.abandoned == 1, "upstream request closed", 10)
+        assert time.monotonic() - closed_from < 2.5
         text = httpx.get(f"{url}/metrics", timeout=10).text
         assert metric(text, "vllama_requests_in_flight", route="/api/chat") == 0
         assert metric(text, "vllama_requests_total", route="/api/chat", status="499") == 1
@@ -323,12 +300,12 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine, tmp_path: Path)
                 return last, at
 
         futures = [started.submit(stream, i) for i in range(16)]
-        wait_for("all 16 streams flowing", lambda: all(first_chunk), 120)
+        wait_for(lambda: all(first_chunk), "all 16 streams flowing", 120)
         killed_at = time.monotonic()
         own_chat_engine.kill()
-        took = wait_for(
-            "readiness 503", lambda: httpx.get(f"{url}/health/ready").status_code == 503, 2
-        )
+        dead_at = time.monotonic()
+        wait_for(lambda: httpx.get(f"{url}/health/ready").status_code == 503, "readiness 503", 2)
+        took = time.monotonic() - dead_at
         errors = 0
         for f in futures:
             last, at = f.result(timeout=30)  # no hang
@@ -346,7 +323,6 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine, tmp_path: Path)
 def test_upstream_dying_mid_stream_ends_each_api_stream_with_an_error_line() -> None:
     """An upstream that sends 3 chunks and then drops the connection (a stand-in for an
     engine dying at an exact point: tests/perf/instant_upstream.py --break-after 3)."""
-    from tests.perf import procs
 
     with (
         procs.running(procs.instant_upstream(chunks=10, break_after=3), "/health", 30) as up,

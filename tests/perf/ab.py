@@ -21,7 +21,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.engines import REPO
 from tests.perf import procs
 from tests.perf.harness import (
     LoadMonitor,
@@ -33,6 +32,7 @@ from tests.perf.harness import (
     paired_ratio,
     us_per,
 )
+from tests.procs import REPO
 
 TOKENS = 64
 # name: (API, streamed, concurrency, upstream)

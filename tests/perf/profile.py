@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.engines import REPO
 from tests.perf import procs
 from tests.perf.harness import LoadMonitor, describe_load, level, machine, measure, us_per
+from tests.procs import REPO
 
 PY_SPY = REPO / ".venv-bench" / "bin" / "py-spy"
 RESULTS = REPO / "docs" / "performance-profile.json"

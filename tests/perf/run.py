@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from tests.engines import REPO, start_engine
+from tests.engines import start_engine
 from tests.perf import harness, procs
 from tests.perf.harness import (
     LoadMonitor,
@@ -42,6 +42,7 @@ from tests.perf.harness import (
     paired_diff,
 )
 from tests.perf.report import evaluate, frontend_lines, write_report
+from tests.procs import REPO
 
 RESULTS = REPO / "docs" / "performance-results.json"
 REPORT = REPO / "docs" / "performance.md"

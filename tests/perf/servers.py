@@ -25,10 +25,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.engines import REPO, free_port
 from tests.perf import procs
 from tests.perf.ab import LOADS, TOKENS, compare
 from tests.perf.harness import LoadMonitor, describe_load, level, machine
+from tests.procs import REPO, free_port
 
 GRANIAN = REPO / ".cache" / "granian"
 ENGINE_ENV = "VLLAMA_BENCH_ENGINE"
@@ -51,9 +51,7 @@ def granian_facade(engine_url: str, name: str) -> procs.Proc:
     cmd += ["--workers", "1", "--no-ws", "--log-level", "warning", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--factory", "tests.perf.servers:app_factory"]
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(GRANIAN)) if p)
-    proc = procs.spawn(name, cmd, {"PYTHONPATH": path, ENGINE_ENV: engine_url})
-    proc.url = f"http://127.0.0.1:{port}"
-    return proc
+    return procs.spawn(name, cmd, port, {"PYTHONPATH": path, ENGINE_ENV: engine_url})
 
 
 def main() -> None:

@@ -116,12 +116,3 @@ def safe_engine_message(status: int, text: str) -> tuple[str, str | None]:
 def _param_of(text: str) -> str | None:
     found = re.search(r"\(parameter=([A-Za-z_][\w.]{0,63})", text)
     return found.group(1) if found else None
-
-
-class ServerBusy(UpstreamError):
-    status = 503
-    kind = "busy"
-
-    def __init__(self, retry_after: int = 1) -> None:
-        super().__init__("server busy, please try again.  maximum pending requests exceeded")
-        self.retry_after = retry_after

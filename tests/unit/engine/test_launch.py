@@ -104,12 +104,16 @@ def test_images_use_the_one_cache_layout() -> None:
     import re
 
     repo = Path(__file__).resolve().parents[3]
-    for name in ("vllm", "vllm-cpu"):
-        text = (repo / "images" / name / "Dockerfile").read_text()
-        home = re.search(r"HF_HOME=(\S+)", text)
-        cache = re.search(r"VLLAMA_CACHE_DIR=(\S+)", text)
-        assert home and cache, name
-        assert cache.group(1) == f"{home.group(1)}/hub", name
+    text = (repo / "images" / "Dockerfile").read_text()
+    # Each ENV block (the runtime base of facade and vllm-cpu, the vllm target) says it.
+    blocks = [b for b in text.split("\nENV ") if "HF_HOME=" in b]
+    assert len(blocks) == 2, blocks
+    for block in blocks:
+        home = re.search(r"HF_HOME=(\S+)", block)
+        cache = re.search(r"VLLAMA_CACHE_DIR=(\S+)", block)
+        hub = re.search(r"HF_HUB_CACHE=(\S+)", block)
+        assert home and cache and hub, block
+        assert cache.group(1) == hub.group(1) == f"{home.group(1)}/hub", block
 
 
 def test_engines_report_per_request_timings_unless_stats_are_off() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.engines import free_port
+from tests.procs import free_port
 from vllama.config import Settings
 from vllama.upstream.errors import EngineHTTPError, ModelNotFound, NoHealthyEngine
 from vllama.upstream.pool import EnginePool
