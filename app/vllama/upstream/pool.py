@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,24 +89,22 @@ class ServedModel:
 
 
 class UpstreamResponse:
-    """A raw engine response for pass-through: status, headers, and `read()`, the body as
-    the network delivers it."""
+    """A raw engine response for pass-through: status, headers, and `read()`: every body
+    byte that arrived since the last read (waits for some), b"" at the end."""
 
-    __slots__ = ("_call", "_content", "engine", "headers", "status")
+    __slots__ = ("engine", "headers", "read", "status")
 
-    def __init__(self, call: _Call, resp: aiohttp.ClientResponse) -> None:
-        self.status = resp.status
-        self.headers: Mapping[str, str] = resp.headers
-        self.engine = call.engine.url
-        self._call = call
-        self._content = resp.content
-
-    async def read(self) -> bytes:
-        """Every body byte that arrived since the last read (waits for some); b"" at the end."""
-        try:
-            return await self._content.readany()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._call.lost(exc) from exc
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        engine: str,
+        read: Callable[[], Awaitable[bytes]],
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.engine = engine
+        self.read = read
 
 
 class Engine:
@@ -648,7 +646,15 @@ class EnginePool:
         async with self._open(model, method, path, body, headers) as (call, resp):
             if resp.status >= 400:  # never the engine's own error text: a safe message
                 raise await self._error(call, resp)
-            yield UpstreamResponse(call, resp)
+            content = resp.content
+
+            async def read() -> bytes:
+                try:
+                    return await content.readany()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise call.lost(exc) from exc
+
+            yield UpstreamResponse(resp.status, resp.headers, call.engine.url, read)
 
 
 _NO_ANSWER = "the model's engine stopped answering; retry, or tell the operator if it persists"
