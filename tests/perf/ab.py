@@ -8,7 +8,8 @@ a fresh random order each round (tests/perf/harness.py). Prints, per load, the m
 of the façade's CPU per request and per streamed token, and new ÷ old as the median of
 the per-round ratios.
 
-    python -m tests.perf.ab REF [--rounds 6] [--seconds 2.5] [--loads NAME,...]
+    python -m tests.perf.ab REF [--rounds 6] [--seconds 2.5] [--loads NAME,...] [--json FILE]
+    python -m tests.perf.ab REF --engine    # the same, through a real vLLM engine
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tests.engines import start_engine
 from tests.perf import procs
 from tests.perf.harness import (
     LoadMonitor,
@@ -45,7 +47,14 @@ LOADS: dict[str, tuple[str, bool, int, str]] = {
     "/api stream c=32": ("ollama", True, 32, "burst"),
     "/v1 stream paced c=16": ("openai", True, 16, "paced"),
     "/api stream paced c=16": ("ollama", True, 16, "paced"),
+    # --engine: a real vLLM engine (CPU build, the demo model) behind both façades
+    "/v1 stream c=1 (vLLM)": ("openai", True, 1, "engine"),
+    "/api stream c=1 (vLLM)": ("ollama", True, 1, "engine"),
+    "/v1 stream c=32 (vLLM)": ("openai", True, 32, "engine"),
+    "/api stream c=32 (vLLM)": ("ollama", True, 32, "engine"),
 }
+INSTANT = [name for name, load in LOADS.items() if load[3] != "engine"]
+ENGINE = [name for name, load in LOADS.items() if load[3] == "engine"]
 
 
 def _runner(
@@ -106,10 +115,18 @@ def main() -> None:
     parser.add_argument("ref", help="the commit to compare against (old)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=2.5)
-    parser.add_argument("--loads", default=",".join(LOADS), help="comma-separated load names")
+    parser.add_argument("--loads", help="comma-separated load names (default: all but vLLM's)")
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="the loads through a real vLLM engine this starts (8 s per run)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here as well")
     args = parser.parse_args()
-    loads = [name.strip() for name in args.loads.split(",")]
+    default = ENGINE if args.engine else INSTANT
+    loads = [name.strip() for name in args.loads.split(",")] if args.loads else default
+    if args.engine and args.seconds < 8:
+        args.seconds = 8.0  # a real engine's streams take seconds: enough of them per run
     uses = {LOADS[name][3] for name in loads}
     tree = REPO / ".cache" / "ab-old"
     git = ["git", "-C", str(REPO)]
@@ -119,14 +136,21 @@ def main() -> None:
         with ExitStack() as stack:
             facades: dict[str, dict[str, procs.Proc]] = {}
             for upstream in sorted(uses):
-                interval = 2.0 if upstream == "paced" else 0.0
-                up = stack.enter_context(
-                    procs.running(
-                        procs.instant_upstream(chunks=TOKENS, interval_ms=interval), "/health"
+                if upstream == "engine":
+                    engine = start_engine("chat")
+                    stack.callback(engine.stop)
+                    url = engine.url
+                else:
+                    interval = 2.0 if upstream == "paced" else 0.0
+                    up = stack.enter_context(
+                        procs.running(
+                            procs.instant_upstream(chunks=TOKENS, interval_ms=interval),
+                            "/health",
+                        )
                     )
-                )
-                old = procs.facade(up.url, f"facade-old-{upstream}", tree / "app")
-                new = procs.facade(up.url, f"facade-new-{upstream}")
+                    url = up.url
+                old = procs.facade(url, f"facade-old-{upstream}", tree / "app")
+                new = procs.facade(url, f"facade-new-{upstream}")
                 facades[upstream] = {
                     "old": stack.enter_context(procs.running(old, "/health/ready")),
                     "new": stack.enter_context(procs.running(new, "/health/ready")),

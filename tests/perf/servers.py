@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.perf import procs
-from tests.perf.ab import LOADS, TOKENS, compare
+from tests.perf.ab import INSTANT, LOADS, TOKENS, compare
 from tests.perf.harness import LoadMonitor, describe_load, level, machine
 from tests.procs import REPO, free_port
 
@@ -60,7 +60,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.5)
-    parser.add_argument("--loads", default=",".join(LOADS), help="comma-separated load names")
+    parser.add_argument("--loads", default=",".join(INSTANT), help="comma-separated load names")
     parser.add_argument("--json", type=Path, help="write the figures here as well")
     args = parser.parse_args()
     if not (GRANIAN / "granian").is_dir():
