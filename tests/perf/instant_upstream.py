@@ -76,7 +76,7 @@ class Responses:
         # The shapes and key order of vLLM 0.32's answers (compact JSON), so what a proxy
         # spends parsing them is what it spends on a real engine's.
         ident = {
-            "id": "chatcmpl-8a41c2f0d6e99b17",
+            "id": "chatcmpl-instant-8a41c2f0d6e9",
             "object": "chat.completion",
             "created": created,
             "model": MODEL,
