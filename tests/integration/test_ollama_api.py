@@ -148,15 +148,9 @@ def test_open_webui_load_and_unload_without_stream(facade_url: str) -> None:
     assert load.json()["done_reason"] == "load"
 
 
-def test_tools_pass_through_without_error(client: ollama.Client) -> None:
-    def get_weather(city: str) -> str:
-        """Get the weather in a city.
-
-        Args:
-          city: the city
-        """
-        return "sunny"
-
+def test_a_tool_conversation_passes_through_without_error(client: ollama.Client) -> None:
+    # The demo model has no tool parser: offering it tools is Ollama's 400 (test_agents),
+    # but a history with calls and results is still a conversation it can continue.
     answer = client.chat(
         model=CHAT,
         messages=[
@@ -170,7 +164,6 @@ def test_tools_pass_through_without_error(client: ollama.Client) -> None:
             },
             {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
         ],
-        tools=[get_weather],
         options=OPTIONS,
     )
     assert answer.done is True

@@ -79,15 +79,22 @@ def instant_upstream(
     )
 
 
-def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -> Measured:
-    """The façade as operators run it: `vllama serve --engine URL` with default settings.
+def facade(
+    engine_url: str | list[str],
+    name: str = "facade",
+    app_dir: Path | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Measured:
+    """The façade as operators run it: `vllama serve --engine URL` (one or several) with
+    default settings (`extra_env`: VLLAMA_* settings to change, e.g. VLLAMA_WORKERS).
     `app_dir` (another checkout's `app/`) runs that code instead of this one."""
-    env = {"VLLAMA_LOG_FORMAT": "json"}
+    urls = [engine_url] if isinstance(engine_url, str) else engine_url
+    engines = [arg for url in urls for arg in ("--engine", url)]
+    env = {"VLLAMA_LOG_FORMAT": "json", **(extra_env or {})}
     if app_dir is not None:
         env["PYTHONPATH"] = str(app_dir)
-    return procs.vllama_serve(
-        ["--engine", engine_url], BENCH_DIR / f"{name}.log", name=name, env=env, kind=Measured
-    )
+    return procs.vllama_serve(engines, BENCH_DIR / f"{name}.log", name=name, env=env, kind=Measured)
 
 
 def nginx(*upstream_urls: str, name: str = "nginx") -> Measured:

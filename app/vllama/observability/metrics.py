@@ -1,6 +1,14 @@
 """Prometheus metrics of the façade. Names and labels are a contract with `monitoring/`
 (docs/development.md "Metrics"); every app gets its own registry so tests and several
 apps in one process never share counters.
+
+With several worker processes (`workers` > 1) prometheus-client runs in its multiprocess
+mode: the parent sets PROMETHEUS_MULTIPROC_DIR before the workers start, every process
+writes its values to files there, and `render` merges them (MultiProcessCollector), so
+/metrics from any worker shows the host's totals. Counters and histograms add up; each
+gauge says how its per-worker values combine (`multiprocess_mode`): requests in flight and
+queued add up over live workers; engine up is the latest health check any worker made;
+a breaker shows its worst state among workers.
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from vllama import __version__
+from vllama.observability.gpu_metrics import GpuCollector
 
 __all__ = ["CONTENT_TYPE", "Metrics", "StreamTimer"]
 
@@ -47,11 +58,22 @@ _OVERHEAD_BUCKETS = (
 class Metrics:
     """Every façade metric, registered in one registry (`self.registry`)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        multiprocess_dir: str | None = None,
+        gpus: Collector | None = None,
+    ) -> None:
         # `*_created` samples would double every series for a timestamp nobody graphs.
         disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.multiprocess_dir = multiprocess_dir  # None: this process's values only
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # Read at scrape time, never merged across workers: each reads the same NVML.
+        self.gpus = gpus if gpus is not None else GpuCollector()
         r = self.registry
+        if multiprocess_dir is None:
+            r.register(self.gpus)
         self.requests = Counter(
             "vllama_requests_total",
             "Requests answered, by API, route template, model, HTTP status and key name.",
@@ -102,11 +124,13 @@ class Metrics:
             "vllama_requests_in_flight",
             "Requests being answered right now.",
             ("api", "route"),
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.queued = Gauge(
             "vllama_requests_queued",
             "Inference requests waiting for a free slot (max_in_flight reached).",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.queue_rejections = Counter(
@@ -131,12 +155,14 @@ class Metrics:
             "vllama_engine_up",
             "1 when the engine's last health check passed, else 0.",
             ("engine",),
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.breaker_state = Gauge(
             "vllama_engine_breaker_state",
             "Circuit breaker per engine: 0 closed, 1 half-open, 2 open.",
             ("engine",),
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.engine_restarts = Counter(
@@ -155,6 +181,7 @@ class Metrics:
             "vllama_build_info",
             "Always 1; the `version` label is the running vllama version.",
             ("version",),
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
@@ -239,8 +266,14 @@ class Metrics:
     # --- exposition -----------------------------------------------------------------------
 
     def render(self) -> bytes:
-        """The registry in Prometheus text format (`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        """The registry in Prometheus text format (`CONTENT_TYPE`); with several workers,
+        every worker's values merged."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(self.gpus)
+        return generate_latest(merged)
 
 
 class StreamTimer:

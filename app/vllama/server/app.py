@@ -24,6 +24,7 @@ from vllama.config import Settings
 from vllama.models.info import read_model_config
 from vllama.observability.metrics import Metrics
 from vllama.security.keys import KeyStore
+from vllama.security.shared import SharedLimits
 from vllama.server.errors import install_error_handlers
 from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
@@ -31,8 +32,16 @@ from vllama.server.route_table import api_router
 from vllama.upstream.pool import EnginePool
 
 
-def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+def create_app(
+    settings: Settings,
+    *,
+    shared_limits: SharedLimits | None = None,
+    metrics_dir: str | None = None,
+) -> FastAPI:
+    """The façade. In a worker process (server/workers.py): `shared_limits` holds key
+    concurrency and client rates across workers, `metrics_dir` is prometheus-client's
+    multiprocess folder."""
+    metrics = Metrics(multiprocess_dir=metrics_dir)
     pool = EnginePool(
         settings, metrics, model_config=lambda root: read_model_config(root, settings.cache_dir)
     )
@@ -62,7 +71,11 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router())
     app.front = RequestContextMiddleware(
-        FastRoutes(app.routed), settings=settings, metrics=metrics, keys=app.state.keys
+        FastRoutes(app.routed),
+        settings=settings,
+        metrics=metrics,
+        keys=app.state.keys,
+        shared_limits=shared_limits,
     )
     return app
 

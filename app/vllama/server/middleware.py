@@ -45,6 +45,7 @@ from vllama.security.limits import (
     client_address,
     retry_after_header,
 )
+from vllama.security.shared import SharedLimits
 from vllama.server import jsonbody
 from vllama.server.body import BodyError, ClientGone, Replay, read_body, too_large_message
 from vllama.server.cost import Bounds, TooCostly, request_weight
@@ -103,6 +104,7 @@ class RequestContextMiddleware:
         settings: Settings,
         metrics: Metrics | None = None,
         keys: KeyStore | None = None,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -114,9 +116,12 @@ class RequestContextMiddleware:
             settings.max_queue,
             metrics.set_queued if metrics is not None else None,
         )
-        self.key_limits = KeyConcurrency()
+        # Per worker process: the queue. Across workers (shared_limits): keys and rates.
+        self.key_limits = KeyConcurrency(shared_limits)
         self.rate: RateLimiter | None = (
-            RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+            RateLimiter(
+                settings.rate_limit_per_minute, settings.rate_limit_burst, shared=shared_limits
+            )
             if settings.rate_limit_per_minute is not None
             else None
         )

@@ -1,10 +1,11 @@
 """EnginePool: which engine serves which model, and every request to them.
 
 Discovery (`GET /v1/models` at start, periodically, and when an unknown name is asked
-for), a health loop (`GET /health`), a circuit breaker per engine (a failure rate over a
-window, see breaker.py), least-outstanding choice among replicas, retries of requests that
-never reached an engine, and early exits that close the upstream connection so vLLM
-aborts the request.
+for), a health loop (`GET /health`, and `/metrics` of engines with replicas: their load),
+a circuit breaker per engine (a failure rate over a window, see breaker.py), a choice
+among replicas by their live load and the conversation's prefix (balancer.py), retries of
+requests that never reached an engine, and early exits that close the upstream
+connection so vLLM aborts the request.
 
 Retries, before any byte of an answer came back:
 
@@ -39,7 +40,7 @@ from vllama.config import EngineConfig, Settings
 from vllama.names import strip_latest
 from vllama.upstream import capabilities, discovery
 from vllama.upstream.aliases import Aliases
-from vllama.upstream.balancer import LeastOutstanding
+from vllama.upstream.balancer import EngineLoad, make_balancer
 from vllama.upstream.breaker import BreakerState, CircuitBreaker
 from vllama.upstream.client import MAX_ERROR_BODY, error_message, make_session
 from vllama.upstream.errors import (
@@ -50,6 +51,7 @@ from vllama.upstream.errors import (
     UpstreamError,
     safe_engine_message,
 )
+from vllama.upstream.load import fetch_load
 from vllama.upstream.sse import SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,7 @@ class Engine:
         self.cards: list[discovery.ModelCard] | None = None  # None: never discovered
         self.healthy = False
         self.outstanding = 0
+        self.load: EngineLoad | None = None  # its own figures, when it has replicas
         self.kind: str | None = None  # "completion"/"embedding" once known
         # What the probes found (None: not probed since the engine last came up).
         self.detected: capabilities.Detected | None = None
@@ -154,7 +157,12 @@ class EnginePool:
         self.aliases = Aliases(settings.aliases, limit=settings.max_aliases)
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
-        self._balancer = LeastOutstanding()
+        self._balancer = make_balancer(
+            settings.balancer,
+            affinity_slack=settings.affinity_slack,
+            prefix_affinity=settings.prefix_affinity,
+        )
+        self._replicated: set[str] = set()  # engines serving a model another one serves too
         self._session: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None  # retries: never a reused connection
         self._served: dict[str, ServedModel] = {}
@@ -294,6 +302,9 @@ class EnginePool:
                         capabilities=known.capabilities | e.capabilities(card),
                     )
         self._served = served
+        self._replicated = {
+            u for m in served.values() if len(m.engine_urls) > 1 for u in m.engine_urls
+        }
 
     # --- discovery and health -----------------------------------------------------------
 
@@ -351,6 +362,18 @@ class EnginePool:
             engine.breaker.record_success()
         if rediscover or not was_healthy or engine.cards is None:
             await self._discover(engine)
+        if self._settings.balancer == "load" and engine.url in self._replicated:
+            await self._poll_load(engine, timeout)
+
+    async def _poll_load(self, engine: Engine, timeout: aiohttp.ClientTimeout) -> None:
+        """The engine's own load (upstream/load.py), for choosing among replicas."""
+        outstanding = engine.outstanding
+        sample = await fetch_load(self.session, engine.url, self._auth(engine), timeout)
+        if sample is None:
+            return  # the last figures age out (balancer.STALE_AFTER_S)
+        engine.load = EngineLoad(
+            sample.running, sample.waiting, sample.kv_usage, time.monotonic(), outstanding
+        )
 
     async def _discover(self, engine: Engine) -> None:
         timeout = max(self._settings.connect_timeout_s, 5.0)
@@ -392,14 +415,16 @@ class EnginePool:
         key = engine.config.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _choose(self, name: str, urls: tuple[str, ...], tried: set[str]) -> Engine:
+    def _choose(
+        self, name: str, urls: tuple[str, ...], tried: set[str], affinity: bytes | None = None
+    ) -> Engine:
         replicas = [self._by_url[u] for u in urls if u in self._by_url]
         fresh = [e for e in replicas if e.url not in tried and e.breaker.available()]
         # Health results may be a round old: prefer engines that passed, else try the rest.
         candidates = [e for e in fresh if e.healthy] or fresh
         if not candidates and tried:  # every replica failed once: retry among them
             candidates = [e for e in replicas if e.breaker.available()]
-        engine = self._balancer.pick(candidates)
+        engine = self._balancer.pick(candidates, affinity)
         if engine is None:
             log.warning(
                 "no engine available for model %r: %s down or taken out by their breakers",
@@ -452,6 +477,7 @@ class EnginePool:
         path: str,
         data: bytes,
         headers: Mapping[str, str] | None,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[tuple[_Call, aiohttp.ClientResponse]]:
         name = model.id if model is not None else "*"
         urls = model.engine_urls if model is not None else tuple(self._by_url)
@@ -459,7 +485,7 @@ class EnginePool:
         last: Exception | None = None
         for _attempt in range(self._settings.retries + 1):
             try:
-                engine = self._choose(name, urls, tried)
+                engine = self._choose(name, urls, tried, affinity)
             except NoHealthyEngine:
                 if last is None:
                     raise
@@ -544,9 +570,11 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> dict[str, Any]:
         data = await self._encode(model, body, large)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
             raw = await _read(call, resp)
@@ -574,11 +602,13 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> tuple[dict[str, Any], float | None]:
         """A generation answered whole, and its generation time (first to last token, as
         the engine measured it; None if the answer did not say)."""
         data = await self._encode(model, body, large, stream=False)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
             raw = await _read(call, resp)
@@ -602,11 +632,14 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
         """A streamed answer's events, as the network delivers them: each item holds every
-        event one read completed (one or many), so a caller can handle them in one pass."""
+        event one read completed (one or many), so a caller can handle them in one pass.
+        `affinity`: the conversation's key (balancer.affinity_key), for prefix affinity."""
         data = await self._encode(model, body, large, stream=True)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
             batches = _event_batches(call, resp)
@@ -624,9 +657,13 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """A streamed answer's events, one by one."""
-        streamed = self.stream_batches(model, path, body, headers=headers, large=large)
+        """A streamed answer's events, one by one. `affinity`: the conversation's key
+        (balancer.affinity_key), for prefix affinity."""
+        streamed = self.stream_batches(
+            model, path, body, headers=headers, large=large, affinity=affinity
+        )
         async with streamed as batches:
             events = _flatten(batches)
             try:
@@ -642,8 +679,9 @@ class EnginePool:
         path: str,
         body: bytes,
         headers: Mapping[str, str],
+        affinity: bytes | None = None,
     ) -> AsyncIterator[UpstreamResponse]:
-        async with self._open(model, method, path, body, headers) as (call, resp):
+        async with self._open(model, method, path, body, headers, affinity) as (call, resp):
             if resp.status >= 400:  # never the engine's own error text: a safe message
                 raise await self._error(call, resp)
             content = resp.content

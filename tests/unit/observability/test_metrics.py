@@ -32,6 +32,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "vllama_engine_restarts": ("counter", {"engine"}),
     "vllama_auth_failures": ("counter", {"api"}),
     "vllama_build_info": ("gauge", {"version"}),
+    "vllama_gpus": ("gauge", set()),  # here no GPU: the per-GPU gauges are in test_gpu.py
 }
 
 ENGINE = "http://127.0.0.1:18001"

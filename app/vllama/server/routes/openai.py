@@ -32,6 +32,7 @@ from vllama.server.deps import (
 from vllama.server.errors import error_response, openai_error_body, upstream_error_response
 from vllama.server.jsonbody import InvalidJson
 from vllama.server.streaming import ProxyStream
+from vllama.upstream.balancer import affinity_key
 from vllama.upstream.errors import UpstreamError
 from vllama.upstream.pool import ServedModel
 from vllama.upstream.usage import UsageTail
@@ -129,11 +130,17 @@ async def forward(request: Request, *, route: str) -> Response:
         data = await asyncio.to_thread(_encode, body)
     else:
         data = _encode(body)
+    # Replicas: keep the conversation where its prefix is cached (balancer.py).
+    affinity = (
+        affinity_key(body) if len(model.engine_urls) > 1 and route != "/v1/embeddings" else None
+    )
     own = time.perf_counter() - start
 
     stack = AsyncExitStack()
     try:
-        upstream = await stack.enter_async_context(pool.forward(model, "POST", path, data, headers))
+        upstream = await stack.enter_async_context(
+            pool.forward(model, "POST", path, data, headers, affinity)
+        )
     except BaseException as exc:
         await stack.aclose()
         if isinstance(exc, UpstreamError):

@@ -77,6 +77,7 @@ class RecordingPool(EnginePool):
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
         self._record("stream_batches", model, path, body, headers)
         script = self.script
@@ -97,6 +98,7 @@ class RecordingPool(EnginePool):
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> tuple[dict[str, Any], float | None]:
         self._record("generate_whole", model, path, body, headers)
         await asyncio.sleep(self.script.delay_s)
@@ -110,6 +112,7 @@ class RecordingPool(EnginePool):
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> dict[str, Any]:
         self._record("post_json", model, path, body, headers)
         return self.script.answer
@@ -122,6 +125,7 @@ class RecordingPool(EnginePool):
         path: str,
         body: bytes,
         headers: Mapping[str, str],
+        affinity: bytes | None = None,
     ) -> AsyncIterator[UpstreamResponse]:
         assert model is not None
         self._record("forward", model, path, body, headers)

@@ -42,6 +42,7 @@ from vllama.translate import Timings
 from vllama.translate import requests as to_openai
 from vllama.translate import responses as to_ollama
 from vllama.translate.fields import model_name
+from vllama.upstream.balancer import affinity_key
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ async def generation(request: Request, *, kind: str) -> Response:
         return timings
 
     pool = get_pool(request)
+    # Replicas: keep the conversation where its prefix is cached (balancer.py).
+    affinity = affinity_key(call.body) if len(card.engine_urls) > 1 else None
     if not stream and pool.reports_timings(card):
         # The engine says how long its generation took (vLLM's per-request metrics): one
         # whole answer instead of a stream of events, with the same durations. The first
@@ -139,7 +142,12 @@ async def generation(request: Request, *, kind: str) -> Response:
         clock.sent = time.perf_counter_ns()
         try:
             answer, seconds = await pool.generate_whole(
-                card, call.path, whole, headers=upstream_headers(request), large=large
+                card,
+                call.path,
+                whole,
+                headers=upstream_headers(request),
+                large=large,
+                affinity=affinity,
             )
         except Exception as exc:
             return error(request, exc)
@@ -156,7 +164,12 @@ async def generation(request: Request, *, kind: str) -> Response:
             return JSONResponse(translator.aggregate(finish(), now))
         # It stopped saying (restarted without the flag): asked again, streamed.
     streamed = pool.stream_batches(
-        card, call.path, call.body, headers=upstream_headers(request), large=large
+        card,
+        call.path,
+        call.body,
+        headers=upstream_headers(request),
+        large=large,
+        affinity=affinity,
     )
     clock.own_ns += time.perf_counter_ns() - clock.start
     clock.sent = time.perf_counter_ns()
