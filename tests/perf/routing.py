@@ -35,7 +35,7 @@ import aiohttp
 
 from tests.engines import start_engine
 from tests.perf import procs
-from tests.perf.run import machine
+from tests.perf.harness import machine
 
 MODEL = "vllama-demo"
 MODES = {

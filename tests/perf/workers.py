@@ -1,8 +1,9 @@
 """How the façade scales with worker processes (`workers`): 1, 2, 3 workers in front of the
 instant upstream, interleaved in a fresh random order each round, at concurrency 64 over
 fresh and kept-alive connections; `/v1` plain and `/api` streamed. Prints requests/s,
-the ratio to one worker, and the CPU ms per request of the façade's processes (parent and
-workers); `--json FILE` keeps them. Referenced by docs/scale-out.md.
+the ratio to one worker (median of per-round ratios) and the CPU µs per request of the
+façade's processes (parent and workers), tests/perf/harness.py's way; `--json FILE` keeps
+them. Referenced by docs/scale-out.md.
 
     python -m tests.perf.workers [--workers 1,2,3] [--rounds 4] [--seconds 3] [--json FILE]
 """
@@ -11,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import statistics
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,37 @@ from typing import Any
 import psutil
 
 from tests.perf import procs
-from tests.perf.run import level, level_with_cpu, machine
+from tests.perf.harness import (
+    LoadMonitor,
+    interleave,
+    level,
+    machine,
+    measure,
+    median,
+    paired_ratio,
+    us_per,
+)
 
 CONCURRENCY = 64
 MODES = {"/v1 plain": ("openai", False), "/api stream": ("ollama", True)}
+
+
+def _runner(
+    facades: dict[int, procs.Measured], api: str, stream: bool, seconds: float
+) -> Callable[[str, int], dict[str, Any]]:
+    def run(n: str, _r: int) -> dict[str, Any]:
+        f = facades[int(n)]
+        host0 = psutil.cpu_times()
+        r = measure(
+            lambda: level(f.url, api, stream, CONCURRENCY, seconds, 1_000_000),
+            {"facade": f.cpu_seconds},
+        )
+        host1 = psutil.cpu_times()
+        idle = (host1.idle - host0.idle) / max(sum(host1) - sum(host0), 1e-9)
+        r["host_busy"] = 1 - idle
+        return r
+
+    return run
 
 
 def main() -> None:
@@ -43,7 +70,7 @@ def main() -> None:
         "rounds": args.rounds,
         "modes": {},
     }
-    with ExitStack() as stack:
+    with ExitStack() as stack, LoadMonitor() as load:
         up = stack.enter_context(procs.running(procs.instant_upstream(), "/health"))
         facades = {
             n: stack.enter_context(
@@ -57,38 +84,30 @@ def main() -> None:
         for f in facades.values():  # warm every worker up
             for api, stream in MODES.values():
                 level(f.url, api, stream, 8, 0.5, 400)
+        names = [str(n) for n in counts]
         for mode, (api, stream) in MODES.items():
-            rates: dict[int, list[float]] = {n: [] for n in counts}
-            cpu_ms: dict[int, list[float]] = {n: [] for n in counts}
-            busy: dict[int, list[float]] = {n: [] for n in counts}
-            for _ in range(args.rounds):
-                for n in random.sample(counts, len(counts)):
-                    f = facades[n]
-                    host0 = psutil.cpu_times()
-                    r, ms = level_with_cpu([f], f.url, api, stream, CONCURRENCY, args.seconds)
-                    host1 = psutil.cpu_times()
-                    rates[n].append(r["requests_per_s"])
-                    cpu_ms[n].append(ms)
-                    idle = (host1.idle - host0.idle) / max(sum(host1) - sum(host0), 1e-9)
-                    busy[n].append(1 - idle)
-            base = statistics.median(rates[counts[0]])
+            runs = interleave(names, args.rounds, _runner(facades, api, stream, args.seconds))
+            rates = {n: [r["requests_per_s"] for r in runs[n]] for n in names}
             rows = results["modes"][mode] = {
-                f"{n} worker{'s' if n > 1 else ''}": {
-                    "requests_per_s": round(statistics.median(rates[n])),
-                    "vs_1_worker": round(statistics.median(rates[n]) / base, 3),
-                    "facade_cpu_ms_per_request": round(statistics.median(cpu_ms[n]), 3),
-                    "host_cpu_busy": round(statistics.median(busy[n]), 3),
+                f"{n} worker{'s' if n != '1' else ''}": {
+                    "requests_per_s": median(rates[n]),
+                    "vs_1_worker": paired_ratio(rates[n], rates[names[0]]),
+                    "facade_cpu_us_per_request": median(
+                        us_per(r["cpu_s"]["facade"], r["ok"]) for r in runs[n]
+                    ),
+                    "host_cpu_busy": median(r["host_busy"] for r in runs[n]),
                 }
-                for n in counts
+                for n in names
             }
             print(f"{mode}, c={CONCURRENCY}:")
             for name, row in rows.items():
                 print(
-                    f"  {name:<10} {row['requests_per_s']:>6} req/s  {row['vs_1_worker']:>5}x"
-                    f"  {row['facade_cpu_ms_per_request']:>6} façade CPU ms/request"
+                    f"  {name:<10} {row['requests_per_s']:>8} req/s  {row['vs_1_worker']:>6}x"
+                    f"  {row['facade_cpu_us_per_request']:>8} façade CPU µs/request"
                     f"  host busy {row['host_cpu_busy']:.0%}",
                     flush=True,
                 )
+    results["load"] = load.summary()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -13,8 +13,10 @@ a breaker shows its worst state among workers.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -184,33 +186,49 @@ class Metrics:
         )
         self.build_info.labels(version=__version__).set(1)
         self.queued.set(0)
+        # Labelled children of the per-request metrics, by label values: prometheus_client's
+        # own labels() validates and locks on every call (a few µs, several per request).
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # --- per request ------------------------------------------------------------------
 
     def observe_request(
         self, api: str, route: str, model: str, status: int, key: str, duration_s: float
     ) -> None:
-        self.requests.labels(api, route, model, str(status), key).inc()
-        self.request_duration.labels(api, route, model).observe(duration_s)
+        self._child(self.requests, api, route, model, str(status), key).inc()
+        self._child(self.request_duration, api, route, model).observe(duration_s)
 
     def stream_timer(self, api: str, route: str, model: str, start: float) -> StreamTimer:
         """Times one streamed answer that arrived at `start` (perf_counter seconds)."""
         return StreamTimer(
-            self.ttft.labels(api, route, model), self.inter_chunk.labels(api, route, model), start
+            self._child(self.ttft, api, route, model),
+            self._child(self.inter_chunk, api, route, model),
+            start,
         )
 
     def observe_overhead(self, api: str, route: str, seconds: float) -> None:
-        self.overhead.labels(api, route).observe(seconds)
+        self._child(self.overhead, api, route).observe(seconds)
 
     def add_tokens(self, model: str, prompt: int, completion: int) -> None:
         if prompt > 0:
-            self.prompt_tokens.labels(model).inc(prompt)
+            self._child(self.prompt_tokens, model).inc(prompt)
         if completion > 0:
-            self.completion_tokens.labels(model).inc(completion)
+            self._child(self.completion_tokens, model).inc(completion)
+
+    def in_flight_gauge(self, api: str, route: str) -> Gauge:
+        """The in-flight gauge of (api, route): inc() when a request starts, dec() at its end."""
+        return cast(Gauge, self._child(self.in_flight, api, route))
 
     @contextmanager
     def track_in_flight(self, api: str, route: str) -> Iterator[None]:
-        gauge = self.in_flight.labels(api, route)
+        gauge = self.in_flight_gauge(api, route)
         gauge.inc()
         try:
             yield
@@ -262,21 +280,68 @@ class StreamTimer:
     """TTFT and the gaps between chunks of one streamed answer.
 
     The labelled histograms are looked up once per answer, not once per chunk: the label
-    lookup cost as much as the observation itself (docs/performance-analysis.md).
+    lookup cost as much as the observation itself (docs/performance-analysis.md). Gaps are
+    counted into the histogram's buckets here and added to it at most once a second and at
+    `close()`: an observation takes a lock per bucket, on every token otherwise.
     """
 
-    __slots__ = ("_gap", "_last", "_start", "_ttft")
+    __slots__ = ("_bounds", "_counts", "_flushed", "_gap", "_last", "_start", "_sum", "_ttft")
 
     def __init__(self, ttft: Histogram, gap: Histogram, start: float) -> None:
         self._ttft = ttft
         self._gap = gap
         self._start = start
         self._last: float | None = None
+        # prometheus_client's histogram keeps its bounds and per-bucket values; without
+        # them (another version) every gap is observed at once, as before.
+        self._bounds: list[float] | None = list(gap._upper_bounds) if _bulk_ok(gap) else None
+        self._counts = [0] * len(self._bounds) if self._bounds is not None else []
+        self._sum = 0.0
+        self._flushed = start
 
     def chunk(self, now: float) -> None:
         """A chunk was received at `now` (perf_counter seconds)."""
-        if self._last is None:
-            self._ttft.observe(now - self._start)
-        else:
-            self._gap.observe(now - self._last)
+        last = self._last
         self._last = now
+        if last is None:
+            self._ttft.observe(now - self._start)
+            return
+        gap = now - last
+        if self._bounds is None:
+            self._gap.observe(gap)
+            return
+        self._counts[bisect_left(self._bounds, gap)] += 1
+        self._sum += gap
+        if now - self._flushed >= 1.0:
+            self._flush(now)
+
+    def close(self) -> None:
+        """Add what is counted to the histogram (the answer ended)."""
+        if self._bounds is not None:
+            self._flush(self._last or self._start)
+
+    def _flush(self, now: float) -> None:
+        self._flushed = now
+        if not self._sum and not any(self._counts):
+            return
+        buckets = self._gap._buckets
+        for i, count in enumerate(self._counts):
+            if count:
+                buckets[i].inc(count)
+                self._counts[i] = 0
+        self._gap._sum.inc(self._sum)
+        self._sum = 0.0
+
+
+def _bulk_ok(histogram: Histogram) -> bool:
+    """Whether this prometheus_client histogram has the internals StreamTimer adds to."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    return (
+        isinstance(bounds, list)
+        and isinstance(buckets, list)
+        and len(bounds) == len(buckets)
+        and hasattr(total, "inc")
+        and all(hasattr(b, "inc") for b in buckets)
+    )

@@ -3,9 +3,10 @@
 The pool starts and stops with the app's lifespan. FastAPI's docs routes (/docs, /redoc,
 its /openapi.json) are off: the public surface is exactly the Ollama and OpenAI APIs plus
 health and metrics; with `openapi = true`, /openapi.json serves vllama's own document
-(server/openapi.py, docs/openapi.json). The hot path has no BaseHTTPMiddleware: the middleware is raw ASGI,
-RequestContextMiddleware outside, then FastRoutes, which calls the inference handlers
-without FastAPI's routing and dependency machinery.
+(server/openapi.py, docs/openapi.json). The hot path has no BaseHTTPMiddleware: the
+middleware is raw ASGI, RequestContextMiddleware outside everything (VllamaApp), then
+FastRoutes, which calls the inference handlers without FastAPI's routing, dependency and
+middleware machinery.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from vllama import __version__
 from vllama.config import Settings
@@ -51,7 +54,7 @@ def create_app(
         finally:
             await pool.close()
 
-    app = FastAPI(
+    app = VllamaApp(
         title="vllama",
         version=__version__,
         docs_url=None,
@@ -67,13 +70,32 @@ def create_app(
 
     install_error_handlers(app)
     app.include_router(api_router())
-    # add_middleware wraps from the inside out: FastRoutes runs inside the request context.
-    app.add_middleware(FastRoutes)
-    app.add_middleware(
-        RequestContextMiddleware,
+    app.front = RequestContextMiddleware(
+        FastRoutes(app.routed),
         settings=settings,
         metrics=metrics,
         keys=app.state.keys,
         shared_limits=shared_limits,
     )
     return app
+
+
+class VllamaApp(FastAPI):
+    """FastAPI with the request context in front of it: every HTTP request passes
+    RequestContextMiddleware, then FastRoutes, and only then (all but the inference
+    routes) FastAPI and Starlette's own middleware. A streamed answer's every chunk then
+    crosses one wrapper of `send`, not three: Starlette's error middleware wraps each
+    message it passes (docs/performance-analysis.md)."""
+
+    front: Any = None  # set by create_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            scope["app"] = self  # as Starlette sets it: routes read request.app.state
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own handling: routing, dependencies, exception handlers."""
+        await super().__call__(scope, receive, send)

@@ -29,12 +29,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
+from vllama import fastjson
 from vllama.config import EngineConfig, Settings
 from vllama.names import strip_latest
 from vllama.upstream import capabilities, discovery
@@ -89,14 +90,23 @@ class ServedModel:
     capabilities: frozenset[str]
 
 
-@dataclass
 class UpstreamResponse:
-    """A raw engine response for pass-through: status, headers, body as network chunks."""
+    """A raw engine response for pass-through: status, headers, and `read()`: every body
+    byte that arrived since the last read (waits for some), b"" at the end."""
 
-    status: int
-    headers: Mapping[str, str]
-    engine: str
-    chunks: AsyncIterator[bytes]
+    __slots__ = ("engine", "headers", "read", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        engine: str,
+        read: Callable[[], Awaitable[bytes]],
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.engine = engine
+        self.read = read
 
 
 class Engine:
@@ -113,6 +123,9 @@ class Engine:
         self.kind: str | None = None  # "completion"/"embedding" once known
         # What the probes found (None: not probed since the engine last came up).
         self.detected: capabilities.Detected | None = None
+        # Whether its answers carry vLLM's per-request timings (--enable-per-request-
+        # metrics), as its last generation said; None: not known since it came up.
+        self.reports_timings: bool | None = None
 
     @property
     def wants_probe(self) -> bool:
@@ -341,6 +354,7 @@ class EnginePool:
             if was_healthy:
                 log.warning("engine %s failed its health check", engine.url)
                 engine.detected = None  # it may come back with other flags: probe again
+                engine.reports_timings = None
             return
         if engine.breaker.state is BreakerState.HALF_OPEN:
             # Health-checked back in. A passing health check is not a served request: in
@@ -542,7 +556,7 @@ class EnginePool:
         return self._json_body(model, body, **extra)
 
     def _json_body(self, model: ServedModel, body: dict[str, Any], **extra: Any) -> bytes:
-        return json.dumps({**body, "model": model.id, **extra}, ensure_ascii=False).encode()
+        return fastjson.dumps({**body, "model": model.id, **extra})
 
     @staticmethod
     def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -573,6 +587,67 @@ class EnginePool:
                 raise UpstreamError("the model's engine sent an answer that is not JSON")
         return answer
 
+    def reports_timings(self, model: ServedModel) -> bool:
+        """Whether every engine of `model` answered its last generation with vLLM's
+        per-request timings: a whole (not streamed) answer then still says how long the
+        generation took."""
+        engines = [self._by_url.get(u) for u in model.engine_urls]
+        return bool(engines) and all(e is not None and e.reports_timings for e in engines)
+
+    async def generate_whole(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        large: bool = False,
+        affinity: bytes | None = None,
+    ) -> tuple[dict[str, Any], float | None]:
+        """A generation answered whole, and its generation time (first to last token, as
+        the engine measured it; None if the answer did not say)."""
+        data = await self._encode(model, body, large, stream=False)
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
+            if resp.status >= 400:
+                raise await self._error(call, resp)
+            raw = await _read(call, resp)
+            try:
+                answer = fastjson.loads(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                call.fail("protocol", f"answered {path} with something not a JSON object")
+                raise UpstreamError("the model's engine sent an answer that is not JSON")
+            seconds = generation_seconds(answer)
+            call.engine.reports_timings = seconds is not None
+        return answer, seconds
+
+    @contextlib.asynccontextmanager
+    async def stream_batches(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        large: bool = False,
+        affinity: bytes | None = None,
+    ) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
+        """A streamed answer's events, as the network delivers them: each item holds every
+        event one read completed (one or many), so a caller can handle them in one pass.
+        `affinity`: the conversation's key (balancer.affinity_key), for prefix affinity."""
+        data = await self._encode(model, body, large, stream=True)
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
+            if resp.status >= 400:
+                raise await self._error(call, resp)
+            batches = _event_batches(call, resp)
+            try:
+                yield batches
+            finally:
+                await batches.aclose()
+
     @contextlib.asynccontextmanager
     async def stream_events(
         self,
@@ -584,13 +659,13 @@ class EnginePool:
         large: bool = False,
         affinity: bytes | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """`affinity`: the conversation's key (balancer.affinity_key), for prefix affinity."""
-        data = await self._encode(model, body, large, stream=True)
-        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
-        async with opened as (call, resp):
-            if resp.status >= 400:
-                raise await self._error(call, resp)
-            events = _events(call, resp)
+        """A streamed answer's events, one by one. `affinity`: the conversation's key
+        (balancer.affinity_key), for prefix affinity."""
+        streamed = self.stream_batches(
+            model, path, body, headers=headers, large=large, affinity=affinity
+        )
+        async with streamed as batches:
+            events = _flatten(batches)
             try:
                 yield events
             finally:
@@ -609,11 +684,15 @@ class EnginePool:
         async with self._open(model, method, path, body, headers, affinity) as (call, resp):
             if resp.status >= 400:  # never the engine's own error text: a safe message
                 raise await self._error(call, resp)
-            chunks = _chunks(call, resp)
-            try:
-                yield UpstreamResponse(resp.status, resp.headers, call.engine.url, chunks)
-            finally:
-                await chunks.aclose()
+            content = resp.content
+
+            async def read() -> bytes:
+                try:
+                    return await content.readany()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise call.lost(exc) from exc
+
+            yield UpstreamResponse(resp.status, resp.headers, call.engine.url, read)
 
 
 _NO_ANSWER = "the model's engine stopped answering; retry, or tell the operator if it persists"
@@ -649,39 +728,70 @@ async def _read(call: _Call, resp: aiohttp.ClientResponse, limit: int | None = N
         raise call.lost(exc) from exc
 
 
-async def _chunks(call: _Call, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+async def _event_batches(
+    call: _Call, resp: aiohttp.ClientResponse
+) -> AsyncGenerator[list[dict[str, Any]], None]:
+    decoder = SSEDecoder()
+    content = resp.content
     try:
-        async for chunk in resp.content.iter_any():
-            yield chunk
+        while chunk := await content.readany():
+            batch: list[dict[str, Any]] = []
+            for data in decoder.feed(chunk):
+                if data == b"[DONE]":
+                    if batch:
+                        yield batch
+                    await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
+                    return
+                try:
+                    batch.append(_event(call, data))
+                except UpstreamError:
+                    if batch:  # the events before the failure still go out first
+                        yield batch
+                    raise
+            if batch:
+                yield batch
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise call.lost(exc) from exc
-
-
-async def _events(
-    call: _Call, resp: aiohttp.ClientResponse
-) -> AsyncGenerator[dict[str, Any], None]:
-    decoder = SSEDecoder()
-    async for chunk in _chunks(call, resp):
-        for data in decoder.feed(chunk):
-            if data == "[DONE]":
-                await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
-                return
-            try:
-                event = json.loads(data)
-            except ValueError:
-                call.fail("protocol", "sent an event that is not JSON")
-                raise UpstreamError("the model's engine sent an event that is not JSON") from None
-            if not isinstance(event, dict):
-                call.fail("protocol", "sent an event that is not an object")
-                raise UpstreamError("the model's engine sent an event that is not an object")
-            err = event.get("error")
-            if err is not None and "choices" not in event:
-                text = err.get("message") if isinstance(err, dict) else str(err)
-                code = err.get("code") if isinstance(err, dict) else None
-                status = code if isinstance(code, int) and 400 <= code < 600 else 500
-                log.warning("engine %s failed mid-stream (%d): %s", call.engine.url, status, text)
-                message, param = safe_engine_message(status, str(text or ""))
-                raise EngineHTTPError(status, message, param=param)
-            yield event
     call.fail("protocol", "ended the stream before [DONE]")
     raise EngineConnectionError(_NO_ANSWER, status=502)
+
+
+def _event(call: _Call, data: bytes) -> dict[str, Any]:
+    """One SSE event's JSON object; an engine's error event raised as an EngineHTTPError."""
+    try:
+        event = fastjson.loads(data)
+    except ValueError:
+        call.fail("protocol", "sent an event that is not JSON")
+        raise UpstreamError("the model's engine sent an event that is not JSON") from None
+    if not isinstance(event, dict):
+        call.fail("protocol", "sent an event that is not an object")
+        raise UpstreamError("the model's engine sent an event that is not an object")
+    if "usage" in event and not event.get("choices"):  # the final event: timings ride on it
+        call.engine.reports_timings = generation_seconds(event) is not None
+    err = event.get("error")
+    if err is not None and "choices" not in event:
+        text = err.get("message") if isinstance(err, dict) else str(err)
+        code = err.get("code") if isinstance(err, dict) else None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 500
+        log.warning("engine %s failed mid-stream (%d): %s", call.engine.url, status, text)
+        message, param = safe_engine_message(status, str(text or ""))
+        raise EngineHTTPError(status, message, param=param)
+    return event
+
+
+def generation_seconds(answer: dict[str, Any]) -> float | None:
+    """vLLM's `metrics.generation_time_ms` (first to last token) in seconds, when the engine
+    runs with --enable-per-request-metrics."""
+    metrics = answer.get("metrics")
+    ms = metrics.get("generation_time_ms") if isinstance(metrics, dict) else None
+    if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms >= 0:
+        return ms / 1000
+    return None
+
+
+async def _flatten(
+    batches: AsyncIterator[list[dict[str, Any]]],
+) -> AsyncGenerator[dict[str, Any], None]:
+    async for batch in batches:
+        for event in batch:
+            yield event

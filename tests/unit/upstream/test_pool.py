@@ -233,7 +233,7 @@ async def test_forward_passes_raw_bytes(make_pool: Factory) -> None:
     ) as up:
         assert up.status == 200 and up.headers["Content-Type"] == "text/event-stream"
         raw = b""
-        async for chunk in up.chunks:
+        while chunk := await up.read():
             raw += chunk
             if raw.count(b"\n\n") >= 3:
                 break
@@ -255,9 +255,9 @@ async def scripted() -> AsyncIterator[Callable[..., Awaitable[tuple[EnginePool, 
         engine = ScriptedEngine(script)
         await engine.start()
         metrics = Metrics()
-        pool = EnginePool(
-            Settings.model_validate({"engines": [{"url": engine.url}], **settings}), metrics
-        )
+        # capabilities given: no probe requests mixed into the script's counts
+        engines = [{"url": engine.url, "capabilities": []}]
+        pool = EnginePool(Settings.model_validate({"engines": engines, **settings}), metrics)
         await pool.start()
         started.append((pool, engine))
         return pool, engine, metrics
