@@ -22,18 +22,13 @@ def run_facade(**settings: Any) -> Iterator[str]:
     """Yield the base URL of a façade built from `Settings(**settings)`."""
     from vllama.config import Settings
     from vllama.server.app import create_app
+    from vllama.server.http import uvicorn_config
 
     port = free_port()
-    app = create_app(Settings(host="127.0.0.1", port=port, **settings))
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-    )
+    config_settings = Settings(host="127.0.0.1", port=port, **settings)
+    app = create_app(config_settings)
+    # The same uvicorn configuration (protocol limits and timeouts) as `vllama serve`.
+    config = uvicorn_config(app, config_settings, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

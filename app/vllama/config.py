@@ -63,6 +63,24 @@ class ModelLaunch(BaseModel):
     port: int | None = None  # None: a free port is picked
 
 
+# Keys travel in HTTP headers (`Authorization: Bearer <key>`, `x-api-key`): visible ASCII
+# only, so what a client sends byte for byte is what was configured.
+_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+
+def check_key_text(key: str) -> str | None:
+    """Why `key` cannot be used as an API key (never echoing it), or None."""
+    if not key:
+        return "an API key is empty"
+    if not set(key) <= _KEY_CHARS:
+        return (
+            "an API key holds characters other than visible ASCII (letters, digits, "
+            "punctuation; no spaces): HTTP headers cannot carry them reliably, so no client "
+            "could log in with it; generate one with `openssl rand -hex 32`"
+        )
+    return None
+
+
 class ApiKey(BaseModel):
     """A client key. `name` is what logs and metrics show instead of the key."""
 
@@ -70,8 +88,16 @@ class ApiKey(BaseModel):
 
     key: str
     name: str
-    max_concurrency: int | None = None
+    max_concurrency: int | None = Field(None, ge=1)
     priority: int | None = None  # passed to vLLM's priority scheduling (lower runs first)
+
+    @field_validator("key")
+    @classmethod
+    def _visible_ascii(cls, v: str) -> str:
+        problem = check_key_text(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
 
 class Settings(BaseModel):
@@ -97,13 +123,42 @@ class Settings(BaseModel):
     rate_limit_per_minute: int | None = Field(None, ge=1)
     rate_limit_burst: int = Field(10, ge=1)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # Request cost: bounds on what one request may ask for (400 above them).
+    max_messages: int = Field(4096, ge=1)  # chat messages per request
+    max_images: int = Field(64, ge=0)  # images per request (/api and /v1 alike)
+    max_choices: int = Field(16, ge=1)  # `n` / `best_of`; each choice also takes a key slot
+
+    # Browsers (security/browser.py): Ollama's defaults plus these. Origins as Ollama's
+    # OLLAMA_ORIGINS (`https://app.example.com`, `http://localhost:*`, `*`); hosts are extra
+    # names accepted in `Host` while the façade listens on loopback (`*`: no check).
+    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    # HTTP connections (server/http.py): the façade is reachable without the proxy.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers (431 above)
+    max_headers: int = Field(100, ge=8)  # header fields per request (431 above)
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive in this (408)
+    body_timeout_s: float = Field(60.0, gt=0)  # its body within this after the headers (408)
+    keep_alive_s: float = Field(75.0, gt=0)  # idle keep-alive connections close after this
+    max_connections: int = Field(2048, ge=1)  # open client connections (503 above)
+    # Serve docs/openapi.json at /openapi.json (off: the surface stays exactly the APIs).
+    openapi: bool = False
 
     # Upstream behaviour.
     connect_timeout_s: float = Field(5.0, gt=0)
-    # None: no read timeout (long generations); the proxy's own read timeout still applies.
-    read_timeout_s: float | None = None
+    # The longest silence from an engine: between two stream chunks, or before a
+    # non-streamed answer (which is silent for the whole generation). A hung engine's
+    # requests fail after this and count against its breaker. None: wait forever.
+    read_timeout_s: float | None = Field(600.0, gt=0)
+    # Idle pooled connections to engines are dropped after this: below the engines' own
+    # idle timeout (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s).
+    upstream_keep_alive_s: float = Field(4.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
-    breaker_failures: int = Field(3, ge=1)  # consecutive failures that open the breaker
+    # The breaker opens on a failure rate over a sliding window, once the window holds
+    # enough calls (as resilience4j does), not on a few failures among many successes.
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1)
+    breaker_min_calls: int = Field(10, ge=1)
+    breaker_window_s: float = Field(30.0, gt=0)
     breaker_reset_s: float = Field(5.0, gt=0)  # open -> half-open after this long
     retries: int = Field(2, ge=0)  # connection errors only, before the first byte
     drain_timeout_s: float = Field(30.0, ge=0)
@@ -111,6 +166,10 @@ class Settings(BaseModel):
     # Keys and logs.
     api_keys: list[ApiKey] = Field(default_factory=list)
     api_keys_file: Path | None = None
+    # Administrators: pull, delete, copy/alias and anything else that changes the model
+    # store or routing. Client keys (api_keys) only infer and read.
+    admin_keys: list[ApiKey] = Field(default_factory=list)
+    admin_keys_file: Path | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
@@ -159,9 +218,12 @@ def _parse_env_value(field: str, raw: str) -> Any:
             raise ConfigError(f"{ENV_PREFIX}{field.upper()}: not valid JSON ({exc})") from exc
     if field == "engines":
         return [{"url": u.strip()} for u in raw.split(",") if u.strip()]
-    if field == "api_keys":
+    if field in ("api_keys", "admin_keys"):
+        prefix = "key" if field == "api_keys" else "admin"
         return [
-            {"key": k.strip(), "name": f"key{i}"} for i, k in enumerate(raw.split(",")) if k.strip()
+            {"key": k.strip(), "name": f"{prefix}{i}"}
+            for i, k in enumerate(raw.split(","))
+            if k.strip()
         ]
     if field == "aliases":
         pairs = (p.split("=", 1) for p in raw.split(",") if "=" in p)

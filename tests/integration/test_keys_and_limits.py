@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 
 from tests.engines import Engine
 from tests.facade import run_facade
+from tests.scripted_engine import Script, scripted_engine_thread
 from vllama.config import Settings
 from vllama.server.app import create_app
 
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(180, func_only=True)]
 
 CHAT = "vllama-demo"
 EMBED = "all-minilm"
+HELD = "held-model"  # served by a scripted engine that never answers (tests/scripted_engine.py)
 ALICE = "sk-alice-7f3e9c"
 SOLO = "sk-solo-51b2aa"
 KEYS = [
@@ -88,7 +90,12 @@ def concrete(path: str) -> str:
 
 @pytest.fixture(scope="module")
 def keyed(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
-    with run_facade(engines=engines(chat_engine, embed_engine), api_keys=KEYS) as url:
+    with (
+        scripted_engine_thread(Script(hang=True), HELD) as hung,
+        run_facade(
+            engines=[*engines(chat_engine, embed_engine), {"url": hung.url}], api_keys=KEYS
+        ) as url,
+    ):
         yield url
 
 
@@ -165,13 +172,16 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) ->
 
 @contextmanager
 def held_request(url: str, path: str, headers: dict[str, str] | None = None) -> Iterator[None]:
-    """A request whose body never finishes arriving: it holds its slots until we hang up."""
+    """A request to the hung engine (model HELD): it holds its slots until we hang up.
+    (A request whose body never finishes arriving no longer does: bodies are read, within
+    body_timeout_s, before a request is admitted.)"""
     host, port = url.removeprefix("http://").split(":")
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    body = json.dumps({"model": HELD, "messages": [{"role": "user", "content": "hi"}]})
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 1000\r\n{extra}\r\n{{".encode()
+            f"Content-Length: {len(body)}\r\n{extra}\r\n{body}".encode()
         )
         yield
 
@@ -205,12 +215,17 @@ def test_full_queue_is_503_server_busy_then_drains(
     chat_engine: Engine, embed_engine: Engine
 ) -> None:
     body = {"model": EMBED, "input": "queued"}
-    with run_facade(
-        engines=engines(chat_engine, embed_engine), max_in_flight=1, max_queue=1
-    ) as url:
+    with (
+        scripted_engine_thread(Script(hang=True), HELD) as hung,
+        run_facade(
+            engines=[*engines(chat_engine, embed_engine), {"url": hung.url}],
+            max_in_flight=1,
+            max_queue=1,
+        ) as url,
+    ):
         results: list[httpx.Response] = []
-        with held_request(url, "/api/embed"):
-            wait_until(lambda: in_flight(url, "/api/embed") == 1, "the held request")
+        with held_request(url, "/api/chat"):
+            wait_until(lambda: in_flight(url, "/api/chat") == 1, "the held request")
             waiter = threading.Thread(
                 target=lambda: results.append(httpx.post(f"{url}/api/embed", json=body, timeout=60))
             )
@@ -237,6 +252,55 @@ def test_full_queue_is_503_server_busy_then_drains(
     assert tags.status_code == 200
     assert [r.status_code for r in results] == [200]
     assert rejections == 2 and queued_now == 0
+
+
+def test_slow_bodies_never_hold_queue_slots_and_time_out(
+    chat_engine: Engine, embed_engine: Engine
+) -> None:
+    # Issue 13 (slowloris): a few connections sending one body byte every few seconds held
+    # every queue slot; the body is now read before admission, within body_timeout_s.
+    body = {"model": EMBED, "input": "not held up"}
+    with run_facade(
+        engines=engines(chat_engine, embed_engine),
+        max_in_flight=1,
+        max_queue=1,
+        body_timeout_s=3,
+    ) as url:
+        host, port = url.removeprefix("http://").split(":")
+        answers: list[bytes] = []
+
+        def slow_client() -> None:
+            with socket.create_connection((host, int(port)), timeout=20) as sock:
+                sock.sendall(
+                    f"POST /api/embed HTTP/1.1\r\nHost: {host}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+                )
+                data = b""
+                try:
+                    for _ in range(40):  # one byte every 0.25 s, for at most 10 s
+                        time.sleep(0.25)
+                        sock.sendall(b" ")
+                    data = sock.recv(65536)
+                except OSError:  # answered and closed while we were still sending
+                    data = data or sock.recv(65536)
+                answers.append(data)
+
+        slow = [threading.Thread(target=slow_client) for _ in range(3)]
+        for t in slow:
+            t.start()
+        time.sleep(1)  # the slow clients are connected and trickling
+        t0 = time.monotonic()
+        ok = httpx.post(f"{url}/api/embed", json=body, timeout=60)
+        waited = time.monotonic() - t0
+        queued = metric(url, "vllama_requests_queued")
+        for t in slow:
+            t.join(30)
+        timeouts = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+    assert ok.status_code == 200, ok.text  # before: 503 "server busy"
+    assert waited < 2.5  # it did not wait behind the slow clients' body timeouts
+    assert queued == 0
+    assert len(timeouts) == 3, answers
+    assert all(b"body_timeout_s" in a and b'"error"' in a for a in timeouts)
 
 
 def test_rate_limit_is_429_with_retry_after_then_passes(

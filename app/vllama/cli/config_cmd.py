@@ -22,14 +22,30 @@ DESCRIPTIONS: dict[str, str] = {
     "rate_limit_per_minute": "Per-client requests per minute on inference routes (429 above it); unset: off.",
     "rate_limit_burst": "Requests a client may send at once above its rate.",
     "trusted_proxies": "Peers whose X-Forwarded-For names the real client.",
+    "max_messages": "Chat messages one request may carry (400 above it).",
+    "max_images": "Images one request may carry (400 above it).",
+    "max_choices": "Largest n / best_of (400 above it); each choice counts against a key's max_concurrency.",
+    "allowed_origins": "Web origins allowed besides Ollama's defaults (like OLLAMA_ORIGINS; '*': any).",
+    "allowed_hosts": "Host names accepted while listening on loopback, besides Ollama's local ones ('*': any).",
+    "max_header_bytes": "Largest request line + headers (431 above it).",
+    "max_headers": "Most header fields in one request (431 above it).",
+    "header_timeout_s": "Seconds a client has to send a request's headers (408, then closed).",
+    "body_timeout_s": "Seconds a client has to send a request's body after its headers (408).",
+    "keep_alive_s": "Seconds an idle keep-alive connection stays open (above the proxy's own idle timeout).",
+    "max_connections": "Open client connections (503 above it).",
+    "openapi": "Serve the OpenAPI document (docs/openapi.json) at /openapi.json.",
     "connect_timeout_s": "Seconds to connect to an engine.",
-    "read_timeout_s": "Seconds to wait for engine bytes; unset: no limit (long generations).",
+    "read_timeout_s": "Longest silence from an engine, in seconds (a non-streamed answer is silent for its whole generation); unset: no limit.",
+    "upstream_keep_alive_s": "Seconds an idle connection to an engine is kept (below vLLM's 5 s).",
     "health_interval_s": "Seconds between engine health checks.",
-    "breaker_failures": "Consecutive failures that take an engine out (circuit breaker opens).",
+    "breaker_failure_rate": "Failure rate (0-1) over the window that takes an engine out (circuit breaker opens).",
+    "breaker_min_calls": "Calls the window must hold before the failure rate counts.",
+    "breaker_window_s": "Seconds of calls the failure rate is taken over.",
     "breaker_reset_s": "Seconds before an open breaker lets a trial request through.",
     "retries": "Retries on connection errors, only before the first byte reached the client.",
     "drain_timeout_s": "On SIGTERM/Ctrl-C: seconds in-flight requests get to finish.",
     "api_keys_file": "File of `name:key[:max_concurrency[:priority]]` lines: keys kept out of this file.",
+    "admin_keys_file": "File of admin keys (same format): pull, delete, copy and routing changes need one.",
     "log_format": "json (one object a line) or text.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
     "engine_python": "Python interpreter that has vLLM, for supervised engines; unset: this one.",
@@ -67,6 +83,11 @@ _TABLES = """\
 #name = "team-a"                   # shown in logs and metrics instead of the key
 #max_concurrency = 8
 #priority = 0                      # vLLM priority scheduling: lower runs first
+
+# Admin keys: pull, delete, copy/alias and routing changes (client keys only infer and read).
+#[[admin_keys]]
+#key = "another-long-random-string"
+#name = "ops"
 """
 
 
@@ -97,9 +118,9 @@ def example_config() -> str:
             hint = {
                 "cache_dir": '"/var/cache/vllama/models"',
                 "api_keys_file": '"/etc/vllama/keys"',
+                "admin_keys_file": '"/etc/vllama/admin-keys"',
                 "engine_python": '"/opt/vllm/bin/python"',
                 "rate_limit_per_minute": "600",
-                "read_timeout_s": "600.0",
             }
             lines.append(f"#{name} = {hint.get(name, '...')}")
         else:
@@ -115,7 +136,8 @@ def print_example() -> int:
 
 def _masked(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
-    data["api_keys"] = [{**k, "key": "***"} for k in data.get("api_keys", [])]
+    for field in ("api_keys", "admin_keys"):
+        data[field] = [{**k, "key": "***"} for k in data.get(field, [])]
     for engine in data.get("engines", []):
         if engine.get("api_key"):
             engine["api_key"] = "***"

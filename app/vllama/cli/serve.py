@@ -202,6 +202,7 @@ def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
 
     from vllama.models.store import ApiModelStore
     from vllama.server.app import create_app
+    from vllama.server.http import uvicorn_config
 
     app = create_app(settings)
     if getattr(app.state, "model_store", None) is None:  # /api/pull, /api/delete do real work
@@ -217,15 +218,9 @@ def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
             app.state.draining = True
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        workers=1,
-        access_log=False,  # the request middleware logs each request once
+        settings,
         log_config=None,  # keep the logging set up above
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )

@@ -7,6 +7,7 @@ completions and API keys never reach a log record (the key's *name* does).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import IO, Any, Literal
 
@@ -33,18 +34,68 @@ _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
+# Characters that end or corrupt a log line in some reader: C0 and C1 controls, DEL and
+# the Unicode line/paragraph separators (str.splitlines() and JavaScript split on them).
+# A request path or header with `%0A` must not be able to forge a line.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every unsafe character written as a visible escape (`\\x0a`)."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _escape_json(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+def _continuation(text: str) -> str:
+    """A traceback's lines, each escaped and marked, so none can pass for a record."""
+    return "\n".join(f"  | {escape_controls(line)}" for line in text.split("\n"))
+
+
 class _TextFormatter(logging.Formatter):
-    """Plain text, with the access fields appended as key=value."""
+    """Plain text, with the access fields appended as key=value. The line itself is
+    escaped; a traceback follows on lines of its own, each starting with `  | `."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _continuation(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _continuation(super().formatStack(stack_info))
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = [f"{k}={record.__dict__[k]}" for k in ACCESS_FIELDS if k in record.__dict__]
-        return f"{line} {' '.join(extras)}" if extras else line
+        text = super().format(record)
+        extras = [
+            f"{k}={escape_controls(str(record.__dict__[k]))}"
+            for k in ACCESS_FIELDS
+            if k in record.__dict__
+        ]
+        if not extras:
+            return text
+        line, nl, rest = text.partition("\n")
+        return f"{line} {' '.join(extras)}{nl}{rest}"
+
+
+class _JsonFormatter(JsonFormatter):
+    """JSON escapes C0 controls itself; DEL, C1 controls and U+2028/2029 are written as
+    \\u escapes too, so that no reader splits or garbles a line."""
+
+    def jsonify_log_record(self, log_record: Any) -> str:
+        return _UNSAFE.sub(_escape_json, str(super().jsonify_log_record(log_record)))
 
 
 def make_formatter(fmt: Literal["json", "text"]) -> logging.Formatter:
     if fmt == "json":
-        return JsonFormatter(
+        return _JsonFormatter(
             _JSON_FORMAT,
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             json_ensure_ascii=False,

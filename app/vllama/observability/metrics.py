@@ -118,6 +118,13 @@ class Metrics:
             ("engine", "kind"),
             registry=r,
         )
+        self.upstream_retries = Counter(
+            "vllama_upstream_retries",
+            "Requests sent again because an engine never answered them: a pooled connection "
+            "it dropped (reason dropped_connection), or no connection at all (connect, timeout).",
+            ("engine", "reason"),
+            registry=r,
+        )
         self.engine_up = Gauge(
             "vllama_engine_up",
             "1 when the engine's last health check passed, else 0.",
@@ -187,6 +194,9 @@ class Metrics:
 
     def upstream_error(self, engine: str, kind: str) -> None:
         self.upstream_errors.labels(engine, kind).inc()
+
+    def upstream_retry(self, engine: str, reason: str) -> None:
+        self.upstream_retries.labels(engine, reason).inc()
 
     def set_engine_up(self, engine: str, up: bool) -> None:
         self.engine_up.labels(engine).set(1 if up else 0)

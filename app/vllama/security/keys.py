@@ -1,5 +1,9 @@
-"""API keys: loaded from settings (`api_keys`, `VLLAMA_API_KEYS`) and a keys file, checked in
-constant time against every configured key.
+"""API keys: loaded from settings (`api_keys`, `VLLAMA_API_KEYS`; `admin_keys`,
+`VLLAMA_ADMIN_KEYS`) and keys files, checked in constant time against every configured key.
+
+Two roles: client keys infer and read; admin keys may also pull, delete, copy/alias and
+change routing (`KeyStore.is_admin`). With no key at all, authentication is off and every
+request may do everything, as with Ollama on the loopback.
 
 Keys file format, one key per line (`#` comments and blank lines ignored):
 
@@ -17,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllama.config import ApiKey, ConfigError, Settings
+from vllama.config import ApiKey, ConfigError, Settings, check_key_text
 
 __all__ = ["ApiKey", "KeyStore", "Refused", "parse_keys_file"]
 
@@ -49,13 +53,13 @@ def _int_or_none(field: str, what: str, where: str) -> int | None:
         raise ConfigError(f"{where}: {what} {field!r} is not an integer") from None
 
 
-def parse_keys_file(path: Path) -> list[ApiKey]:
+def parse_keys_file(path: Path, setting: str = "api_keys_file") -> list[ApiKey]:
     """Parse `name:key[:max_concurrency[:priority]]` lines; ConfigError naming the line."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            f"api_keys_file {path}: cannot read it ({exc.strerror}); fix the path or unset it"
+            f"{setting} {path}: cannot read it ({exc.strerror}); fix the path or unset it"
         ) from exc
     keys: list[ApiKey] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -72,6 +76,9 @@ def parse_keys_file(path: Path) -> list[ApiKey]:
         if max_conc is not None and max_conc < 1:
             raise ConfigError(f"{where}: max_concurrency must be at least 1")
         priority = _int_or_none(parts[3], "priority", where) if len(parts) > 3 else None
+        problem = check_key_text(parts[1].strip())
+        if problem is not None:
+            raise ConfigError(f"{where}: {problem}")
         keys.append(
             ApiKey(
                 name=parts[0].strip(),
@@ -86,21 +93,50 @@ def parse_keys_file(path: Path) -> list[ApiKey]:
 class KeyStore:
     """The configured keys. Empty store: authentication is off and every request passes."""
 
-    def __init__(self, keys: Iterable[ApiKey] = ()) -> None:
+    def __init__(self, keys: Iterable[ApiKey] = (), admin_keys: Iterable[ApiKey] = ()) -> None:
         self._keys: list[tuple[bytes, ApiKey]] = []
+        self._admins: set[str] = set()
         names: set[str] = set()
-        for key in keys:
-            if key.name in names:
-                raise ConfigError(f"API key name {key.name!r} is used twice; names must be unique")
-            names.add(key.name)
-            self._keys.append((_digest(key.key), key))
+        digests: set[bytes] = set()
+        for admin, group in ((False, keys), (True, admin_keys)):
+            for key in group:
+                if key.name in names:
+                    raise ConfigError(
+                        f"API key name {key.name!r} is used twice; names must be unique "
+                        "across api_keys and admin_keys"
+                    )
+                digest = _digest(key.key)
+                if digest in digests:
+                    raise ConfigError(
+                        f"API key {key.name!r} has the same key as another one; every key "
+                        "(client or admin) must be different"
+                    )
+                names.add(key.name)
+                digests.add(digest)
+                self._keys.append((digest, key))
+                if admin:
+                    self._admins.add(key.name)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyStore:
         keys = list(settings.api_keys)
         if settings.api_keys_file is not None:
             keys.extend(parse_keys_file(settings.api_keys_file))
-        return cls(keys)
+        admins = list(settings.admin_keys)
+        if settings.admin_keys_file is not None:
+            admins.extend(parse_keys_file(settings.admin_keys_file, "admin_keys_file"))
+        return cls(keys, admins)
+
+    def is_admin(self, key: ApiKey | None) -> bool:
+        """May `key` (None: no key sent) run administrative operations? Without any
+        configured key everyone may (Ollama's behaviour); otherwise admin keys only."""
+        if not self._keys:
+            return True
+        return key is not None and key.name in self._admins
+
+    @property
+    def has_admins(self) -> bool:
+        return bool(self._admins)
 
     @property
     def enabled(self) -> bool:

@@ -24,24 +24,25 @@ BUSY_RETRY_AFTER_S = 2
 
 
 class KeyConcurrency:
-    """Counts running requests per key name; keys without a limit are not counted."""
+    """Counts running sequences per key name (a request with `n` choices counts `n`);
+    keys without a limit are not counted."""
 
     def __init__(self) -> None:
         self._running: dict[str, int] = {}
 
-    def try_acquire(self, key: ApiKey | None) -> bool:
+    def try_acquire(self, key: ApiKey | None, weight: int = 1) -> bool:
         if key is None or key.max_concurrency is None:
             return True
         n = self._running.get(key.name, 0)
-        if n >= key.max_concurrency:
+        if n + weight > key.max_concurrency:
             return False
-        self._running[key.name] = n + 1
+        self._running[key.name] = n + weight
         return True
 
-    def release(self, key: ApiKey | None) -> None:
+    def release(self, key: ApiKey | None, weight: int = 1) -> None:
         if key is None or key.max_concurrency is None:
             return
-        n = self._running.get(key.name, 0) - 1
+        n = self._running.get(key.name, 0) - weight
         if n > 0:
             self._running[key.name] = n
         else:
@@ -184,20 +185,43 @@ class TrustedProxies:
         return any(ip in net for net in self._nets)
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trusted: TrustedProxies) -> str:
-    """The client a request counts against.
+# X-Forwarded-For is read from the right, at most this many hops: a longer chain is the
+# client's own invention, and the work per request stays bounded.
+MAX_FORWARDED_HOPS = 16
 
-    Behind a trusted proxy, X-Forwarded-For is read right to left and the first hop that
-    is not itself a trusted proxy is the client (the left part is client-controlled).
+
+def _ip(text: str) -> str | None:
+    """`text` as a normalised IP address, or None when it is not one."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not 2 <= len(text) <= 45:  # the longest IPv6 text form (with an IPv4 tail)
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: TrustedProxies) -> str:
+    """The client a request counts against: always the peer or a valid IP address.
+
+    Behind a trusted proxy, X-Forwarded-For is read right to left (at most
+    MAX_FORWARDED_HOPS hops) and the first hop that is not itself a trusted proxy is the
+    client (the left part is client-controlled). A hop that is not an IP address ends the
+    walk: the last valid hop before it is the client.
     """
     client = peer or "unknown"
-    if forwarded_for is None or client not in trusted:
+    if not forwarded_for or client not in trusted:
         return client
-    for hop in reversed(forwarded_for.split(",")):
-        hop = hop.strip()
-        if not hop:
+    hops = forwarded_for.rsplit(",", MAX_FORWARDED_HOPS)[-MAX_FORWARDED_HOPS:]
+    for hop in reversed(hops):
+        if not hop.strip():
             continue
-        client = hop
-        if hop not in trusted:
+        ip = _ip(hop)
+        if ip is None:
+            break
+        client = ip
+        if ip not in trusted:
             break
     return client

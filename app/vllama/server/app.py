@@ -1,8 +1,9 @@
 """create_app(settings): the façade as one FastAPI app.
 
-The pool starts and stops with the app's lifespan. Docs routes (/docs, /redoc,
-/openapi.json) are off: the public surface is exactly the Ollama and OpenAI APIs plus
-health and metrics. The hot path has no BaseHTTPMiddleware: the middleware is raw ASGI,
+The pool starts and stops with the app's lifespan. FastAPI's docs routes (/docs, /redoc,
+its /openapi.json) are off: the public surface is exactly the Ollama and OpenAI APIs plus
+health and metrics; with `openapi = true`, /openapi.json serves vllama's own document
+(server/openapi.py, docs/openapi.json). The hot path has no BaseHTTPMiddleware: the middleware is raw ASGI,
 RequestContextMiddleware outside, then FastRoutes, which calls the inference handlers
 without FastAPI's routing and dependency machinery.
 """
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.responses import JSONResponse
 
 from vllama import __version__
 from vllama.config import Settings
@@ -23,6 +25,7 @@ from vllama.security.keys import KeyStore
 from vllama.server.errors import install_error_handlers
 from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
+from vllama.server.openapi import document as openapi_document
 from vllama.server.route_table import api_router
 from vllama.upstream.pool import EnginePool
 
@@ -57,6 +60,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(api_router())
+    if settings.openapi:
+        document = openapi_document()
+
+        async def openapi_json() -> JSONResponse:
+            return JSONResponse(document)
+
+        app.add_api_route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False)
     # add_middleware wraps from the inside out: FastRoutes runs inside the request context.
     app.add_middleware(FastRoutes)
     app.add_middleware(

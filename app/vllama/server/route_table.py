@@ -31,6 +31,7 @@ class Route:
     # argument: the request) dispatched by FastRoutes without FastAPI's machinery.
     inference: bool = False
     open: bool = False  # answered without an API key: clients probe it before they have one
+    admin: bool = False  # changes the model store or routing: admin keys only (when keys are on)
     label: str | None = None  # the metrics/log `route` label, when not the path itself
 
     @property
@@ -49,13 +50,13 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/tags", GET_HEAD, listing.tags),
     Route("/api/ps", GET, listing.ps),
     Route("/api/show", POST, listing.show),
-    Route("/api/pull", POST, management.pull),
-    Route("/api/push", POST, management.push),
-    Route("/api/create", POST, management.create),
-    Route("/api/copy", POST, management.copy),
-    Route("/api/delete", ("DELETE",), management.delete),
-    Route("/api/blobs/{digest}", ("HEAD",), management.blob_exists),
-    Route("/api/blobs/{digest}", POST, management.blob_upload),
+    Route("/api/pull", POST, management.pull, admin=True),
+    Route("/api/push", POST, management.push, admin=True),
+    Route("/api/create", POST, management.create, admin=True),
+    Route("/api/copy", POST, management.copy, admin=True),
+    Route("/api/delete", ("DELETE",), management.delete, admin=True),
+    Route("/api/blobs/{digest}", ("HEAD",), management.blob_exists, admin=True),
+    Route("/api/blobs/{digest}", POST, management.blob_upload, admin=True),
     # OpenAI
     Route("/v1/chat/completions", POST, openai.chat_completions, inference=True),
     Route("/v1/completions", POST, openai.completions, inference=True),
@@ -75,8 +76,10 @@ def _templated(route: Route) -> bool:
 
 INFERENCE_ROUTES = frozenset(r.path for r in ROUTES if r.inference)
 OPEN_PATHS = frozenset(r.path for r in ROUTES if r.open)
+ADMIN_ROUTES = frozenset(r.path for r in ROUTES if r.admin)
 # Route label values of exact paths; templated ones are matched by the prefix before `{`.
-KNOWN_ROUTES = frozenset(r.path for r in ROUTES if not _templated(r))
+# /openapi.json is added by create_app when `openapi = true`.
+KNOWN_ROUTES = frozenset(r.path for r in ROUTES if not _templated(r)) | {"/openapi.json"}
 PREFIX_ROUTES = tuple(
     dict.fromkeys((r.path.split("{", 1)[0], r.route_label) for r in ROUTES if _templated(r))
 )

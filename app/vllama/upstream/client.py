@@ -15,18 +15,22 @@ from vllama.config import Settings
 MAX_ERROR_BODY = 64 * 1024
 
 
-def make_session(settings: Settings) -> aiohttp.ClientSession:
-    """One session (one connection pool, keep-alive) for every engine.
+def make_session(settings: Settings, *, fresh_connections: bool = False) -> aiohttp.ClientSession:
+    """One session (one connection pool, keep-alive) for every engine; with
+    `fresh_connections`, one that opens a new connection per request (retries after the
+    engine dropped a pooled one).
 
-    No total or read timeout unless configured: a long generation is not an error. The
-    connect timeout is what makes a dead engine fail fast.
+    No total timeout: a long generation is not an error. The read timeout is the longest
+    silence allowed (read_timeout_s); the connect timeout makes a dead engine fail fast.
     """
     connector = aiohttp.TCPConnector(
         limit=settings.max_in_flight + 64,  # the façade's own limit binds first
         limit_per_host=0,
         # Below the engines' own idle timeout (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s), so
         # the façade drops an idle connection before the engine can close it under a reuse.
-        keepalive_timeout=4,
+        # (The race remains under load; the pool retries what it hits.)
+        keepalive_timeout=None if fresh_connections else settings.upstream_keep_alive_s,
+        force_close=fresh_connections,
         enable_cleanup_closed=True,
     )
     timeout = aiohttp.ClientTimeout(

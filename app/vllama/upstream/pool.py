@@ -1,9 +1,23 @@
 """EnginePool: which engine serves which model, and every request to them.
 
 Discovery (`GET /v1/models` at start, periodically, and when an unknown name is asked
-for), a health loop (`GET /health`), a circuit breaker per engine, least-outstanding
-choice among replicas, retries on connection errors before any byte came back, and
-early exits that close the upstream connection so vLLM aborts the request.
+for), a health loop (`GET /health`), a circuit breaker per engine (a failure rate over a
+window, see breaker.py), least-outstanding choice among replicas, retries of requests that
+never reached an engine, and early exits that close the upstream connection so vLLM
+aborts the request.
+
+Retries, before any byte of an answer came back:
+
+- The engine closed or reset the connection (aiohttp's ServerDisconnectedError, a reset):
+  usually a pooled keep-alive connection the engine closed for idleness just as it was
+  reused (vLLM closes idle connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s). Retried
+  once on a fresh connection to the same engine, and not held against the engine unless
+  that fails too.
+- The connection could not be made (refused, connect timeout): counted against the
+  engine and retried on another replica (or the same one) up to `retries` times.
+
+Client-facing messages never carry engine URLs or engine error text beyond a short,
+single-line validation message (errors.safe_engine_message); the log has the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +47,7 @@ from vllama.upstream.errors import (
     ModelNotFound,
     NoHealthyEngine,
     UpstreamError,
+    safe_engine_message,
 )
 from vllama.upstream.sse import SSEDecoder
 
@@ -40,11 +56,11 @@ log = logging.getLogger(__name__)
 # Rediscover every engine's models every this many health rounds (and on demand).
 _REDISCOVER_ROUNDS = 15
 _ON_DEMAND_MIN_S = 1.0  # an unknown model name triggers at most one refresh a second
-_RETRY_ON = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ConnectionTimeoutError,
-)
+# The connection could not be made: nothing reached the engine.
+_CONNECT_FAILED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# The engine closed or reset the connection before answering: on a pooled connection,
+# the keep-alive race; retried once on a fresh connection.
+_DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 # config.json of the model an engine loaded from `root` (a path or a repo id), or None.
@@ -56,6 +72,7 @@ class EngineMetrics(Protocol):
     """What the pool reports (observability.metrics.Metrics has these)."""
 
     def upstream_error(self, engine: str, kind: str) -> None: ...
+    def upstream_retry(self, engine: str, reason: str) -> None: ...
     def set_engine_up(self, engine: str, up: bool) -> None: ...
     def set_breaker_state(self, engine: str, state: int) -> None: ...
 
@@ -115,6 +132,7 @@ class EnginePool:
         self._by_url = {e.url: e for e in self._engines}
         self._balancer = LeastOutstanding()
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # retries: never a reused connection
         self._served: dict[str, ServedModel] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
@@ -128,8 +146,13 @@ class EnginePool:
             if self._metrics is not None:
                 self._metrics.set_breaker_state(cfg.url, int(state))
 
+        s = self._settings
         breaker = CircuitBreaker(
-            self._settings.breaker_failures, self._settings.breaker_reset_s, on_change=changed
+            failure_rate=s.breaker_failure_rate,
+            min_calls=s.breaker_min_calls,
+            window_s=s.breaker_window_s,
+            reset_s=s.breaker_reset_s,
+            on_change=changed,
         )
         return Engine(cfg, breaker)
 
@@ -137,6 +160,7 @@ class EnginePool:
 
     async def start(self) -> None:
         self._session = make_session(self._settings)
+        self._fresh = make_session(self._settings, fresh_connections=True)
         for e in self._engines:
             if self._metrics is not None:
                 self._metrics.set_engine_up(e.url, False)
@@ -150,9 +174,10 @@ class EnginePool:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -183,8 +208,14 @@ class EnginePool:
         unknown = [e.url for e in self._engines if e.cards is None]
         if unknown:
             # Unreachable engines may serve it: that is an outage, not a missing model.
+            log.warning(
+                "model %r asked for while engine(s) %s are unreachable", name, ", ".join(unknown)
+            )
             raise NoHealthyEngine(
-                name, f"engine {', '.join(unknown)} unreachable; start it or check the engine URLs"
+                name,
+                "an engine that may serve it is unreachable; retry shortly, or tell the "
+                "operator if it persists",
+                retry_after=self._retry_after(),
             )
         raise ModelNotFound(name)
 
@@ -264,8 +295,10 @@ class EnginePool:
             if was_healthy:
                 log.warning("engine %s failed its health check", engine.url)
             return
-        if engine.breaker.state is not BreakerState.OPEN:
-            engine.breaker.record_success()  # half-open: health-checked back in
+        if engine.breaker.state is BreakerState.HALF_OPEN:
+            # Health-checked back in. A passing health check is not a served request: in
+            # the closed state it would dilute the failure rate of the requests it serves.
+            engine.breaker.record_success()
         if rediscover or not was_healthy or engine.cards is None:
             await self._discover(engine)
 
@@ -309,10 +342,22 @@ class EnginePool:
             candidates = [e for e in replicas if e.breaker.available()]
         engine = self._balancer.pick(candidates)
         if engine is None:
-            down = ", ".join(urls) or "none configured"
-            raise NoHealthyEngine(name, f"engine {down} down or taken out; retry shortly")
+            log.warning(
+                "no engine available for model %r: %s down or taken out by their breakers",
+                name,
+                ", ".join(urls) or "none configured",
+            )
+            raise NoHealthyEngine(
+                name,
+                "its engines are down or were taken out after failures; retry shortly",
+                retry_after=self._retry_after(),
+            )
         engine.breaker.acquire()
         return engine
+
+    def _retry_after(self) -> int:
+        """Seconds until an open breaker lets a trial through (what a client should wait)."""
+        return max(1, math.ceil(self._settings.breaker_reset_s))
 
     def _failed(self, engine: Engine, kind: str, cause: str) -> None:
         # Each failure counts towards the breaker; the log says which kind it was and why,
@@ -322,6 +367,24 @@ class EnginePool:
         if self._metrics is not None:
             self._metrics.upstream_error(engine.url, kind)
 
+    async def _send(
+        self, engine: Engine, method: str, path: str, data: bytes, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """One request to `engine`; a connection the engine dropped before answering is
+        retried once on a fresh connection (the keep-alive race), not counted against it."""
+        url = engine.url + path
+        hdrs = {**headers, **self._auth(engine)}
+        try:
+            return await self.session.request(method, url, data=data, headers=hdrs)
+        except _DROPPED as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise
+            log.info("engine %s dropped a connection (%r); retrying on a fresh one", url, exc)
+            if self._metrics is not None:
+                self._metrics.upstream_retry(engine.url, "dropped_connection")
+        fresh = self._fresh if self._fresh is not None else self.session
+        return await fresh.request(method, url, data=data, headers=hdrs)
+
     @contextlib.asynccontextmanager
     async def _open(
         self,
@@ -330,7 +393,7 @@ class EnginePool:
         path: str,
         data: bytes,
         headers: Mapping[str, str] | None,
-    ) -> AsyncIterator[tuple[Engine, aiohttp.ClientResponse]]:
+    ) -> AsyncIterator[tuple[_Call, aiohttp.ClientResponse]]:
         name = model.id if model is not None else "*"
         urls = model.engine_urls if model is not None else tuple(self._by_url)
         tried: set[str] = set()
@@ -344,39 +407,38 @@ class EnginePool:
                 break
             engine.outstanding += 1
             try:
-                resp = await self.session.request(
-                    method,
-                    engine.url + path,
-                    data=data,
-                    headers={**(headers or {}), **self._auth(engine)},
-                )
-            except _RETRY_ON as exc:  # nothing reached the engine's app: safe to retry
+                resp = await self._send(engine, method, path, data, headers or {})
+            except (*_CONNECT_FAILED, *_DROPPED) as exc:  # nothing came back: try again
                 engine.outstanding -= 1
                 kind = "timeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "connect"
                 self._failed(engine, kind, repr(exc))
+                if self._metrics is not None and _attempt < self._settings.retries:
+                    self._metrics.upstream_retry(engine.url, kind)
                 tried.add(engine.url)
                 last = exc
                 continue
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 engine.outstanding -= 1
-                kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                timeout = isinstance(exc, asyncio.TimeoutError)
+                kind = "timeout" if timeout else "protocol"
                 self._failed(engine, kind, repr(exc))
                 raise EngineConnectionError(
-                    f"engine {engine.url} failed: {exc or type(exc).__name__}"
+                    _NO_ANSWER, kind=kind, status=504 if timeout else 502
                 ) from exc
             except BaseException:
                 engine.outstanding -= 1
                 raise
+            call = _Call(self, engine)
             try:
                 if resp.status >= 500:
-                    self._failed(engine, "http_5xx", f"the engine answered HTTP {resp.status}")
-                else:
-                    engine.breaker.record_success()
-                    if resp.status >= 400 and self._metrics is not None:
-                        self._metrics.upstream_error(engine.url, "http_4xx")
-                yield engine, resp
+                    call.fail("http_5xx", f"the engine answered HTTP {resp.status}")
+                elif resp.status >= 400 and self._metrics is not None:
+                    self._metrics.upstream_error(engine.url, "http_4xx")
+                yield call, resp
             finally:
                 engine.outstanding -= 1
+                if not call.failed:
+                    engine.breaker.record_success()
                 if resp.content.is_eof():
                     resp.release()
                 else:  # left early: closing the connection makes vLLM abort the request
@@ -384,11 +446,21 @@ class EnginePool:
                     if self._metrics is not None:
                         self._metrics.upstream_error(engine.url, "cancelled")
             return
+        log.warning("no engine answered for model %r: %r", name, last)
         raise EngineConnectionError(
-            f"cannot reach an engine for model '{name}' ({last}); "
-            "check that the engine is running and its URL is right",
+            f"the engine of model '{name}' could not be reached; retry shortly, or tell the "
+            "operator if it persists",
             kind="timeout" if isinstance(last, aiohttp.ConnectionTimeoutError) else "connect",
+            retry_after=self._retry_after(),
         )
+
+    async def _error(self, call: _Call, resp: aiohttp.ClientResponse) -> EngineHTTPError:
+        """The engine's error answer as an error safe to show the client (logged whole)."""
+        raw = await _read(call, resp, MAX_ERROR_BODY)
+        text = error_message(resp.status, raw)
+        log.warning("engine %s answered HTTP %d: %s", call.engine.url, resp.status, text[:2000])
+        message, param = safe_engine_message(resp.status, text)
+        return EngineHTTPError(resp.status, message, param=param)
 
     def _json_body(self, model: ServedModel, body: dict[str, Any], **extra: Any) -> bytes:
         return json.dumps({**body, "model": model.id, **extra}, ensure_ascii=False).encode()
@@ -406,18 +478,17 @@ class EnginePool:
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         data = self._json_body(model, body)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (engine, resp):
-            raw = await _read(engine, resp)
+        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
             if resp.status >= 400:
-                raise EngineHTTPError(resp.status, error_message(resp.status, raw))
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise UpstreamError(
-                f"engine {engine.url} answered {path} with something not a JSON object"
-            )
+                raise await self._error(call, resp)
+            raw = await _read(call, resp)
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                call.fail("protocol", f"answered {path} with something not a JSON object")
+                raise UpstreamError("the model's engine sent an answer that is not JSON")
         return answer
 
     @contextlib.asynccontextmanager
@@ -430,11 +501,10 @@ class EnginePool:
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         data = self._json_body(model, body, stream=True)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (engine, resp):
+        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
             if resp.status >= 400:
-                raw = await _read(engine, resp, MAX_ERROR_BODY)
-                raise EngineHTTPError(resp.status, error_message(resp.status, raw))
-            events = _events(engine, resp)
+                raise await self._error(call, resp)
+            events = _events(call, resp)
             try:
                 yield events
             finally:
@@ -449,57 +519,82 @@ class EnginePool:
         body: bytes,
         headers: Mapping[str, str],
     ) -> AsyncIterator[UpstreamResponse]:
-        async with self._open(model, method, path, body, headers) as (engine, resp):
-            chunks = _chunks(engine, resp)
+        async with self._open(model, method, path, body, headers) as (call, resp):
+            if resp.status >= 400:  # never the engine's own error text: a safe message
+                raise await self._error(call, resp)
+            chunks = _chunks(call, resp)
             try:
-                yield UpstreamResponse(resp.status, resp.headers, engine.url, chunks)
+                yield UpstreamResponse(resp.status, resp.headers, call.engine.url, chunks)
             finally:
                 await chunks.aclose()
 
 
-def _lost(engine: Engine, exc: BaseException) -> EngineConnectionError:
-    kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
-    return EngineConnectionError(
-        f"connection to engine {engine.url} lost mid-response ({exc or type(exc).__name__})",
-        kind=kind,
-    )
+_NO_ANSWER = "the model's engine stopped answering; retry, or tell the operator if it persists"
 
 
-async def _read(engine: Engine, resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+class _Call:
+    """One request to one engine: failures seen while reading its answer count once
+    against the engine's breaker (a hung engine's read timeout included)."""
+
+    __slots__ = ("engine", "failed", "pool")
+
+    def __init__(self, pool: EnginePool, engine: Engine) -> None:
+        self.pool = pool
+        self.engine = engine
+        self.failed = False
+
+    def fail(self, kind: str, cause: str) -> None:
+        if not self.failed:
+            self.failed = True
+            self.pool._failed(self.engine, kind, cause)
+
+    def lost(self, exc: BaseException) -> EngineConnectionError:
+        timeout = isinstance(exc, asyncio.TimeoutError)
+        kind = "timeout" if timeout else "connect"
+        self.fail(kind, f"connection lost mid-response: {exc!r}")
+        return EngineConnectionError(_NO_ANSWER, kind=kind, status=504 if timeout else 502)
+
+
+async def _read(call: _Call, resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
     try:
         return await (resp.content.read(limit) if limit else resp.read())
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise _lost(engine, exc) from exc
+        raise call.lost(exc) from exc
 
 
-async def _chunks(engine: Engine, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+async def _chunks(call: _Call, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in resp.content.iter_any():
             yield chunk
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise _lost(engine, exc) from exc
+        raise call.lost(exc) from exc
 
 
 async def _events(
-    engine: Engine, resp: aiohttp.ClientResponse
+    call: _Call, resp: aiohttp.ClientResponse
 ) -> AsyncGenerator[dict[str, Any], None]:
     decoder = SSEDecoder()
-    async for chunk in _chunks(engine, resp):
+    async for chunk in _chunks(call, resp):
         for data in decoder.feed(chunk):
             if data == "[DONE]":
-                await _read(engine, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
+                await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
                 return
             try:
                 event = json.loads(data)
             except ValueError:
-                raise UpstreamError(f"engine {engine.url} sent an event that is not JSON") from None
+                call.fail("protocol", "sent an event that is not JSON")
+                raise UpstreamError("the model's engine sent an event that is not JSON") from None
             if not isinstance(event, dict):
-                raise UpstreamError(f"engine {engine.url} sent an event that is not an object")
+                call.fail("protocol", "sent an event that is not an object")
+                raise UpstreamError("the model's engine sent an event that is not an object")
             err = event.get("error")
             if err is not None and "choices" not in event:
-                message = err.get("message") if isinstance(err, dict) else str(err)
+                text = err.get("message") if isinstance(err, dict) else str(err)
                 code = err.get("code") if isinstance(err, dict) else None
                 status = code if isinstance(code, int) and 400 <= code < 600 else 500
-                raise EngineHTTPError(status, str(message or "engine error mid-stream"))
+                log.warning("engine %s failed mid-stream (%d): %s", call.engine.url, status, text)
+                message, param = safe_engine_message(status, str(text or ""))
+                raise EngineHTTPError(status, message, param=param)
             yield event
-    raise EngineConnectionError(f"engine {engine.url} ended the stream before [DONE]")
+    call.fail("protocol", "ended the stream before [DONE]")
+    raise EngineConnectionError(_NO_ANSWER, status=502)

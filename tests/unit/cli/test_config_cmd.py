@@ -13,7 +13,7 @@ from vllama.cli.config_cmd import DESCRIPTIONS, example_config
 from vllama.cli.main import main
 from vllama.config import Settings, load_settings
 
-TABLES = {"engines", "models", "aliases", "api_keys"}
+TABLES = {"engines", "models", "aliases", "api_keys", "admin_keys"}
 
 
 def test_example_mentions_every_setting() -> None:

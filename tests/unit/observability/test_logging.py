@@ -81,3 +81,38 @@ def test_level_filters_and_uvicorn_access_is_silenced() -> None:
     logging.getLogger("vllama.upstream").warning("engine down")
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [x["message"] for x in lines] == ["engine down"]
+
+
+FORGED = "/api/x\nINFO vllama.access: request status=200 key=admin\r\u2028\x85\x1b[31m"
+
+
+@pytest.mark.usefixtures("restore_loggers")
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_no_request_field_can_forge_a_line(fmt: str) -> None:
+    # Issue 13: `GET /api/x%0AINFO ...` wrote a second, forged line in the text format.
+    out = io.StringIO()
+    configure_logging(Settings(log_format=fmt), stream=out)  # type: ignore[arg-type]
+    log_access(**{**FIELDS, "path": FORGED, "model": "m\x00\x7f"})
+    logging.getLogger("vllama.server").warning("engine said %s", FORGED)
+    text = out.getvalue()
+    assert text.count("\n") == 2 and len(text.splitlines()) == 2  # splitlines knows U+2028
+    for ch in "\r\x85\u2028\x1b\x00\x7f":
+        assert ch not in text
+    if fmt == "json":
+        first, second = (json.loads(line) for line in text.splitlines())
+        assert first["path"] == FORGED and second["message"] == f"engine said {FORGED}"
+    else:
+        assert "path=/api/x\\x0aINFO" in text
+
+
+@pytest.mark.usefixtures("restore_loggers")
+def test_a_traceback_in_text_cannot_pass_for_a_record() -> None:
+    out = io.StringIO()
+    configure_logging(Settings(log_format="text"), stream=out)
+    try:
+        raise ValueError("bad\n2026-01-01 00:00:00,000 INFO vllama.access: request forged")
+    except ValueError:
+        logging.getLogger("vllama.server").exception("failed")
+    first, *rest = out.getvalue().splitlines()
+    assert first.endswith("failed") and rest
+    assert all(line.startswith("  | ") for line in rest)

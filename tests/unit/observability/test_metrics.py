@@ -25,6 +25,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "vllama_requests_queued": ("gauge", set()),
     "vllama_queue_rejections": ("counter", set()),
     "vllama_upstream_errors": ("counter", {"engine", "kind"}),
+    "vllama_upstream_retries": ("counter", {"engine", "reason"}),
     "vllama_engine_up": ("gauge", {"engine"}),
     "vllama_engine_breaker_state": ("gauge", {"engine"}),
     "vllama_engine_restarts": ("counter", {"engine"}),
@@ -51,6 +52,7 @@ def exercised() -> Metrics:
     m.set_queued(3)
     m.queue_rejected()
     m.upstream_error(ENGINE, "connect")
+    m.upstream_retry(ENGINE, "dropped_connection")
     m.set_engine_up(ENGINE, True)
     m.set_breaker_state(ENGINE, 2)
     m.engine_restarted(ENGINE)

@@ -117,3 +117,62 @@ def test_every_key_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPatch
         calls.clear()
         store.check(presented)
         assert len(calls) == 5, presented
+
+
+# --- issue 13: keys a client can send, and roles ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-clé-non-ascii", "sk with space", "sk-\u200bzero-width", "sk-tab\tinside"]
+)
+def test_a_key_no_client_could_send_is_refused_at_config_time(key: str, tmp_path: Path) -> None:
+    # Before: a non-ASCII key was accepted and could never log in (headers are latin-1
+    # on the wire and the comparison hashed UTF-8).
+    from vllama.config import load_settings
+
+    for variable in ("VLLAMA_API_KEYS", "VLLAMA_ADMIN_KEYS"):
+        with pytest.raises(ConfigError) as exc:
+            load_settings({}, environ={variable: key}, cwd=tmp_path)
+        assert "visible ASCII" in str(exc.value) and key not in str(exc.value)
+    path = tmp_path / "keys"
+    path.write_text(f"x:{key}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as exc2:
+        parse_keys_file(path)
+    assert f"{path}:1" in str(exc2.value) and "visible ASCII" in str(exc2.value)
+    assert key not in str(exc2.value)
+
+
+def test_admin_keys_from_settings_file_and_env(tmp_path: Path) -> None:
+    from vllama.config import load_settings
+
+    admin_file = tmp_path / "admins"
+    admin_file.write_text("ops:sk-ops-file-1\n")
+    settings, _ = load_settings(
+        {},
+        environ={
+            "VLLAMA_API_KEYS": "sk-client-1",
+            "VLLAMA_ADMIN_KEYS": "sk-admin-env-1",
+            "VLLAMA_ADMIN_KEYS_FILE": str(admin_file),
+        },
+        cwd=tmp_path,
+    )
+    store = KeyStore.from_settings(settings)
+    client = store.check("sk-client-1")
+    env_admin = store.check("sk-admin-env-1")
+    file_admin = store.check("sk-ops-file-1")
+    assert client is not None and env_admin is not None and file_admin is not None
+    assert (client.name, env_admin.name, file_admin.name) == ("key0", "admin0", "ops")
+    assert not store.is_admin(client) and not store.is_admin(None)
+    assert store.is_admin(env_admin) and store.is_admin(file_admin)
+
+
+def test_without_any_key_everyone_may_administer() -> None:
+    store = KeyStore()
+    assert store.is_admin(None)  # Ollama's behaviour on the loopback
+
+
+def test_a_key_cannot_be_both_client_and_admin() -> None:
+    with pytest.raises(ConfigError, match="must be different"):
+        KeyStore([ALICE], [ApiKey(name="root", key=ALICE.key)])
+    with pytest.raises(ConfigError, match="unique"):
+        KeyStore([ALICE], [ApiKey(name="alice", key="sk-other-000")])

@@ -202,3 +202,33 @@ TRUSTED = TrustedProxies(["127.0.0.1", "::1", "10.1.0.0/16"])
 )
 def test_client_address(peer: str | None, xff: str | None, client: str) -> None:
     assert client_address(peer, xff, TRUSTED) == client
+
+
+@pytest.mark.parametrize(
+    ("xff", "client"),
+    [
+        # Anything that is not an IP address ends the walk: the client is the last valid hop.
+        ("<script>, 198.51.100.7", "198.51.100.7"),
+        ("198.51.100.7\nINFO forged", "127.0.0.1"),
+        ("x" * 100_000, "127.0.0.1"),
+        ("999.1.1.1", "127.0.0.1"),
+        ("1.2.3.4:5678", "127.0.0.1"),  # a port is not part of the address
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("2001:DB8:0:0::1", "2001:db8::1"),  # normalised: one client, one rate bucket
+        # At most 16 hops are read from the right, however long the header.
+        (", ".join(["10.1.0.1"] * 5000) + ", 198.51.100.7", "198.51.100.7"),
+        (", ".join(["10.1.0.1"] * 5000), "10.1.0.1"),
+    ],
+)
+def test_forwarded_for_is_a_bounded_list_of_valid_addresses(xff: str, client: str) -> None:
+    # Issue 13: X-Forwarded-For from a trusted peer was believed whatever it held.
+    assert client_address("127.0.0.1", xff, TRUSTED) == client
+
+
+@given(st.text(max_size=300))
+def test_the_client_is_always_the_peer_or_an_ip_address(xff: str) -> None:
+    import ipaddress
+
+    client = client_address("127.0.0.1", xff, TRUSTED)
+    assert client == "127.0.0.1" or ipaddress.ip_address(client)
+    assert len(client) <= 45

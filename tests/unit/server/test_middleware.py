@@ -125,7 +125,7 @@ def make_app(metrics: Metrics, **settings: Any) -> Starlette:
 
 def client_for(app: Starlette) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://facade")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 def middleware_of(app: Starlette) -> RequestContextMiddleware:
@@ -245,7 +245,7 @@ async def test_body_limit_from_content_length_in_each_shape() -> None:
 async def test_body_limit_while_streaming_a_chunked_body() -> None:
     async def body(chunks: int) -> AsyncIterator[bytes]:
         for _ in range(chunks):
-            yield b"y" * 512
+            yield b'"' + b"y" * 510 + b'"'  # a JSON string each
 
     async with client_for(make_app(Metrics(), max_body_bytes=1024)) as c:
         r = await c.post("/v1/embeddings", content=body(8))
@@ -358,3 +358,211 @@ async def test_rate_limit_is_429_then_passes_again() -> None:
     assert "rate limit exceeded" in limited.json()["error"]
     assert again.status_code == 200
     assert forwarded.status_code == 200  # another client behind the trusted proxy
+
+
+# --- issue 13 --------------------------------------------------------------------------
+
+ADMIN = ApiKey(name="ops", key="sk-ops-admin-secret")
+
+
+def admin_app(**settings: Any) -> Starlette:
+    app = make_app(Metrics(), **settings)
+    for path in ("/api/pull", "/api/copy", "/api/delete", "/api/create", "/api/push"):
+        app.router.routes.append(Route(path, plain, methods=["POST", "DELETE"]))
+    app.router.routes.append(Route("/api/blobs/{digest}", plain, methods=["POST", "HEAD"]))
+    return app
+
+
+async def test_admin_routes_need_an_admin_key() -> None:
+    app = admin_app(api_keys=[ALICE], admin_keys=[ADMIN])
+    alice = {"Authorization": "Bearer sk-alice-secret"}
+    ops = {"Authorization": "Bearer sk-ops-admin-secret"}
+    body = {"model": "m", "source": "a", "destination": "b"}
+    async with client_for(app) as c:
+        for path in ("/api/pull", "/api/copy", "/api/create", "/api/push", "/api/blobs/sha256:1"):
+            refused = await c.post(path, json=body, headers=alice)
+            assert refused.status_code == 403, path
+            assert "API key 'alice' may run models and read" in refused.json()["error"]
+            assert (await c.post(path, json=body, headers=ops)).status_code == 200, path
+        deleted = await c.request("DELETE", "/api/delete", json=body, headers=alice)
+        assert deleted.status_code == 403
+        assert (await c.request("DELETE", "/api/delete", json=body, headers=ops)).status_code == 200
+        # The admin key infers and reads too; the client key still infers.
+        assert (await c.post("/api/chat", json={"prompt": "p"}, headers=ops)).status_code == 200
+        assert (await c.post("/api/chat", json={"prompt": "p"}, headers=alice)).status_code == 200
+        assert (await c.get("/api/tags", headers=alice)).status_code == 200
+
+
+async def test_with_client_keys_only_nobody_administers_and_without_keys_everyone_does() -> None:
+    async with client_for(admin_app(api_keys=[ALICE])) as c:
+        r = await c.post(
+            "/api/pull", json={"model": "m"}, headers={"Authorization": "Bearer sk-alice-secret"}
+        )
+    assert r.status_code == 403 and "VLLAMA_ADMIN_KEYS" in r.json()["error"]
+    async with client_for(admin_app()) as c:  # the loopback default: Ollama's behaviour
+        assert (await c.post("/api/pull", json={"model": "m"})).status_code == 200
+
+
+async def test_cross_site_text_plain_post_is_403_in_each_shape() -> None:
+    # A web page's "simple" request: no preflight, so the server itself must refuse it.
+    app = make_app(Metrics())
+    headers = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    async with client_for(app) as c:
+        ollama = await c.post("/api/chat", content=b'{"prompt": "p"}', headers=headers)
+        openai = await c.post("/v1/embeddings", content=b'{"input": "p"}', headers=headers)
+        preflight = await c.options(
+            "/api/chat",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+    assert ollama.status_code == 403 and "allowed_origins" in ollama.json()["error"]
+    assert openai.status_code == 403 and openai.json()["error"]["type"] == "permission_error"
+    assert preflight.status_code == 403
+    assert app.state.gate.entered == 0  # nothing reached the route
+
+
+async def test_dns_rebinding_host_is_403_while_on_loopback() -> None:
+    async with client_for(make_app(Metrics())) as c:
+        rebound = await c.post(
+            "/api/chat", json={"prompt": "p"}, headers={"Host": "attacker.example:11434"}
+        )
+        local = await c.post("/api/chat", json={"prompt": "p"}, headers={"Host": "127.0.0.1:11434"})
+    assert rebound.status_code == 403 and "allowed_hosts" in rebound.json()["error"]
+    assert local.status_code == 200
+    # Listening on all interfaces (behind a proxy, in a container): Host is not checked.
+    async with client_for(make_app(Metrics(), host="0.0.0.0")) as c:
+        proxied = await c.post(
+            "/api/chat", json={"prompt": "p"}, headers={"Host": "llm.example.com"}
+        )
+    assert proxied.status_code == 200
+    async with client_for(make_app(Metrics(), allowed_hosts=["llm.example.com"])) as c:
+        named = await c.get("/api/tags", headers={"Host": "llm.example.com"})
+    assert named.status_code == 200
+
+
+async def test_allowed_origins_get_cors_headers_and_preflights() -> None:
+    app = make_app(Metrics(), allowed_origins=["https://chat.example.com"], api_keys=[ALICE])
+    origin = {"Origin": "https://chat.example.com"}
+    async with client_for(app) as c:
+        preflight = await c.options(
+            "/api/chat",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        ok = await c.post(
+            "/api/chat",
+            json={"prompt": "p"},
+            headers={**origin, "Authorization": "Bearer sk-alice-secret"},
+        )
+        localhost = await c.post(
+            "/api/chat",
+            json={"prompt": "p"},
+            headers={"Origin": "http://localhost:5173", "x-api-key": "sk-alice-secret"},
+        )
+    assert preflight.status_code == 204  # no key needed for a preflight
+    assert preflight.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert localhost.status_code == 200  # one of Ollama's defaults
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 50_000 + b"]" * 50_000, b'{"prompt": "\\ud800"}', b'{"n": ' + b"9" * 5000 + b"}"],
+)
+async def test_bodies_that_used_to_be_500_are_400_in_each_shape(raw: bytes) -> None:
+    async with client_for(make_app(Metrics())) as c:
+        ollama = await c.post("/api/chat", content=raw)
+        openai = await c.post("/v1/embeddings", content=raw)
+        show = await c.post("/api/show", content=raw)  # (its route would raise: never reached)
+    assert ollama.status_code == openai.status_code == show.status_code == 400
+    assert "invalid JSON" in ollama.json()["error"]
+    assert openai.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_request_cost_is_bounded_and_n_counts_against_the_key() -> None:
+    app = make_app(Metrics(), api_keys=[SOLO, ALICE], max_messages=3, max_choices=4)
+    solo = {"Authorization": "Bearer sk-solo-secret"}
+    msg = {"role": "user", "content": "x"}
+    async with client_for(app) as c:
+        many = await c.post("/api/chat", json={"prompt": "p", "messages": [msg] * 4}, headers=solo)
+        big_n = await c.post("/v1/embeddings", json={"input": "x", "n": 5}, headers=solo)
+        # solo may run one sequence at a time: n=2 in one request is refused, not run.
+        two = await c.post("/v1/embeddings", json={"input": "x", "n": 2}, headers=solo)
+        one = await c.post("/v1/embeddings", json={"input": "x", "n": 1}, headers=solo)
+        alice = await c.post(
+            "/v1/embeddings", json={"input": "x", "n": 4}, headers={"x-api-key": "sk-alice-secret"}
+        )
+    assert many.status_code == 400 and "max_messages" in many.json()["error"]
+    assert big_n.status_code == 400 and big_n.json()["error"]["param"] == "n"
+    assert two.status_code == 429 and "2 sequences" in two.json()["error"]["message"]
+    assert one.status_code == 200 and alice.status_code == 200
+
+
+async def test_every_503_carries_retry_after() -> None:
+    async def unavailable(request: Request) -> Response:
+        return JSONResponse({"error": "no healthy engine"}, status_code=503)
+
+    app = make_app(Metrics())
+    app.router.routes.append(Route("/api/ps", unavailable))
+    async with client_for(app) as c:
+        r = await c.get("/api/ps")
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+
+
+async def test_a_client_gone_before_the_answer_cancels_the_request() -> None:
+    # Issue 13: a non-streamed request whose client left kept the engine generating.
+    metrics = Metrics()
+    app = make_app(metrics)
+    gate: Gate = app.state.gate
+    gate.open.clear()
+    await client_for(app).get("/health")  # builds the stack
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def held(request: Request) -> Response:
+        await request.body()
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # as if waiting for the engine's whole answer
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response()
+
+    app.router.routes.insert(0, Route("/api/chat", held, methods=["POST"]))
+    body = json.dumps({"prompt": "p"}).encode()
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await incoming.put({"type": "http.request", "body": body, "more_body": False})
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return await incoming.get()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/chat",
+        "raw_path": b"/api/chat",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 11434),
+    }
+    call = asyncio.create_task(app(scope, receive, send))
+    await asyncio.wait_for(entered.wait(), 5)
+    await incoming.put({"type": "http.disconnect"})  # the client leaves
+    await asyncio.wait_for(call, 5)  # ends, without an exception
+    assert cancelled.is_set() and sent == []
+    labels = {"api": "ollama", "route": "/api/chat", "model": "unknown", "status": "499"}
+    assert sample(metrics, "vllama_requests_total", **labels, key="anonymous") == 1

@@ -151,3 +151,36 @@ def test_stream_translators_never_raise(kind: str, sequence: list[Any]) -> None:
     assert t.aggregate(Timings(), 0.0)["done"] is True
     embed_response(sequence[0] if sequence else None, "m", Timings())
     embeddings_response(sequence[-1] if sequence else None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=ollama_like, options=options_like, model=traits)
+def test_what_the_parser_accepts_translates_to_a_body_an_engine_can_read(
+    body: Any, options: Any, model: ModelTraits
+) -> None:
+    # The request path end to end, minus the network: bytes -> jsonbody.loads (the
+    # middleware) -> translation -> the upstream body, which must be strict JSON (no NaN,
+    # no Infinity: vLLM cannot parse them) and valid UTF-8 (no lone surrogates).
+    import json
+
+    from vllama.server.jsonbody import InvalidJson, loads
+
+    if isinstance(body, dict):
+        body = {**body, "model": "m", "options": options}
+    try:
+        raw = json.dumps(body).encode()
+        parsed = loads(raw)
+    except (InvalidJson, ValueError):
+        return
+    for translate in TRANSLATORS:
+        try:
+            call = translate(parsed, model)
+        except TranslationError:
+            continue
+        json.dumps(call.body, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    for embed in (embed_request, embeddings_request):
+        try:
+            call = embed(parsed)
+        except TranslationError:
+            continue
+        json.dumps(call.body, allow_nan=False, ensure_ascii=False).encode("utf-8")

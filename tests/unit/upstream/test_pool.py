@@ -66,6 +66,13 @@ class FakeEngine:
         if body.get("fail_with") == 503:  # an engine that is up but cannot serve
             err = {"error": {"message": "engine overloaded", "code": 503}}
             return web.json_response(err, status=503)
+        if body.get("fail_with") in (400, 500):  # internals in the error text
+            text = (
+                'Traceback (most recent call last):\n  File "/srv/vllm/entrypoints/x.py", '
+                "line 1\nValueError: /srv/models/secret-model/config.json is broken"
+            )
+            err = {"error": {"message": text, "code": body["fail_with"]}}
+            return web.json_response(err, status=body["fail_with"])
         if body.get("max_tokens", 0) > 64:
             err = {
                 "error": {"message": "max_tokens too large", "type": "BadRequestError", "code": 400}
@@ -142,7 +149,7 @@ async def test_unknown_model_with_an_unreachable_engine_is_an_outage(make_pool: 
 
 
 async def test_dead_replica_is_retried_around_and_breaker_opens(make_pool: Factory) -> None:
-    pool, (live,) = await make_pool(["chat-a"], dead=1, breaker_failures=1, health_interval_s=60)
+    pool, (live,) = await make_pool(["chat-a"], dead=1, breaker_min_calls=1, health_interval_s=60)
     model = pool.resolve("chat-a")
     assert len(model.engine_urls) == 2
     dead = next(e for e in pool.engines() if e.url != live.url)
@@ -218,3 +225,122 @@ async def test_forward_passes_raw_bytes(make_pool: Factory) -> None:
                 break
     assert raw.startswith(b'data: {"i": 0')
     await asyncio.wait_for(engine.stream_closed.wait(), 2)
+
+
+# --- a scripted engine that drops connections or hangs (tests/scripted_engine.py) ----------
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[..., Awaitable[tuple[EnginePool, Any, Any]]]]:
+    from tests.scripted_engine import Script, ScriptedEngine
+    from vllama.observability.metrics import Metrics
+
+    started: list[tuple[EnginePool, ScriptedEngine]] = []
+
+    async def make(script: Script, **settings: Any) -> tuple[EnginePool, Any, Metrics]:
+        engine = ScriptedEngine(script)
+        await engine.start()
+        metrics = Metrics()
+        pool = EnginePool(
+            Settings.model_validate({"engines": [{"url": engine.url}], **settings}), metrics
+        )
+        await pool.start()
+        started.append((pool, engine))
+        return pool, engine, metrics
+
+    yield make
+    for pool, engine in started:
+        await pool.close()
+        await engine.stop()
+
+
+def sample(metrics: Any, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+async def test_connections_dropped_on_reuse_are_retried_fresh_and_spare_the_breaker(
+    scripted: Any,
+) -> None:
+    # Issue 13: at the start of a round after a few idle seconds, dozens of requests met a
+    # pooled connection the engine had closed; three such failures opened the breaker and
+    # the rest of the round got 503 while the engine was fine.
+    from tests.scripted_engine import Script
+
+    pool, engine, metrics = await scripted(Script(drop_reused=True), health_interval_s=60)
+    model = pool.resolve("vllama-demo")
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    for _round in range(3):  # round 1 fills the pool; later rounds reuse every connection
+        answers = await asyncio.gather(
+            *(pool.post_json(model, "/v1/chat/completions", body) for _ in range(8))
+        )
+        assert all(a["id"] == "chatcmpl-scripted" for a in answers)
+    assert engine.counts.dropped >= 8  # the race really happened
+    assert engine.counts.answered == 24
+    (e,) = pool.engines()
+    assert e.breaker.state.name == "CLOSED" and e.breaker.failure_rate()[1] == 0
+    url = engine.url
+    retried = sample(
+        metrics, "vllama_upstream_retries_total", engine=url, reason="dropped_connection"
+    )
+    assert retried >= 8  # (drops of discovery's own requests are not retries)
+    assert sample(metrics, "vllama_upstream_errors_total", engine=url, kind="connect") == 0
+
+
+async def test_a_stream_that_goes_silent_times_out_and_counts_as_a_failure(
+    scripted: Any,
+) -> None:
+    from tests.scripted_engine import Script
+    from vllama.upstream.errors import EngineConnectionError
+
+    pool, engine, metrics = await scripted(
+        Script(stall_stream=True), read_timeout_s=0.5, health_interval_s=60
+    )
+    model = pool.resolve("vllama-demo")
+    seen = []
+    with pytest.raises(EngineConnectionError) as exc:
+        async with pool.stream_events(model, "/v1/chat/completions", {"messages": []}) as events:
+            async for event in events:
+                seen.append(event)
+    assert len(seen) == 1 and exc.value.status == 504
+    assert "127.0.0.1" not in exc.value.message  # no engine address for the client
+    assert sample(metrics, "vllama_upstream_errors_total", engine=engine.url, kind="timeout") == 1
+    (e,) = pool.engines()
+    assert e.breaker.failure_rate() == (1, 1) and e.outstanding == 0
+
+
+async def test_a_hung_engine_opens_its_breaker(scripted: Any) -> None:
+    from tests.scripted_engine import Script
+    from vllama.upstream.errors import EngineConnectionError, NoHealthyEngine
+
+    pool, engine, _ = await scripted(
+        Script(hang=True), read_timeout_s=0.3, breaker_min_calls=3, health_interval_s=60
+    )
+    model = pool.resolve("vllama-demo")
+    for _ in range(3):
+        with pytest.raises(EngineConnectionError):
+            await pool.post_json(model, "/v1/chat/completions", {"messages": []})
+    (e,) = pool.engines()
+    assert e.breaker.state.name == "OPEN" and e.outstanding == 0
+    with pytest.raises(NoHealthyEngine) as exc:  # taken out: answered at once, with a wait
+        await pool.post_json(model, "/v1/chat/completions", {"messages": []})
+    assert exc.value.status == 503 and exc.value.retry_after is not None
+    assert engine.url not in exc.value.message
+
+
+async def test_engine_error_text_never_reaches_the_client(
+    make_pool: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool, _ = await make_pool(["chat-a"])
+    model = pool.resolve("chat-a")
+    with (
+        caplog.at_level("WARNING", logger="vllama.upstream.pool"),
+        pytest.raises(EngineHTTPError) as exc,
+    ):
+        await pool.post_json(model, "/v1/chat/completions", {"fail_with": 500})
+    assert exc.value.status == 500
+    assert "Traceback" not in exc.value.message and "/srv/" not in exc.value.message
+    assert any("Traceback" in r.getMessage() for r in caplog.records)  # the log has it all
+    with pytest.raises(EngineHTTPError) as exc:
+        await pool.post_json(model, "/v1/chat/completions", {"fail_with": 400})
+    assert exc.value.status == 400 and "/srv/" not in exc.value.message
