@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama import __version__
-from vllama.cli import config_cmd, doctor, engine_cmd, models_cmd, serve
+from vllama.cli import config_cmd, doctor, engine_cmd, models_cmd, run_cmd, serve
 from vllama.cli.output import USAGE, CliError, fail
 from vllama.config import ConfigError, Settings, load_settings
 
@@ -70,9 +70,22 @@ def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
         "--force", action="store_true", help="remove even when no running vllama can be asked"
     )
 
-    p = sub.add_parser("ps", help="models the running façade serves")
+    p = sub.add_parser("ps", help="loaded models: memory, processor, until when")
     _common(p)
     _output(p)
+
+    p = sub.add_parser("run", help="chat with a model (pulled first if missing), or answer once")
+    _common(p)
+    run_cmd.add_run_arguments(p)
+
+    p = sub.add_parser("stop", help="unload a model now")
+    _common(p)
+    p.add_argument("model")
+
+    p = sub.add_parser("cp", help="give a model another name (an alias, until restart)")
+    _common(p)
+    p.add_argument("source")
+    p.add_argument("destination")
 
     p = sub.add_parser("show", help="details of a served model")
     _common(p)
@@ -121,6 +134,9 @@ _RUNNERS = {
     "ls": models_cmd.run_list,
     "rm": models_cmd.run_rm,
     "ps": models_cmd.run_ps,
+    "run": run_cmd.run_run,
+    "stop": run_cmd.run_stop,
+    "cp": run_cmd.run_cp,
     "show": models_cmd.run_show,
     "config": config_cmd.run,
     "engine": engine_cmd.run,

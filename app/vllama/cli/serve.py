@@ -16,15 +16,18 @@ import socket
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllama.cli.client import facade_url
 from vllama.cli.output import ENGINE_START, FAILED, OK, USAGE, CliError
 from vllama.cli.progress import LoadProgress
 from vllama.config import ModelLaunch, Settings
-from vllama.engine.launch import PASSTHROUGH_FLAGS, EngineSpec, engine_spec, is_cpu_build
+from vllama.engine.launch import PASSTHROUGH_FLAGS, is_cpu_build
 from vllama.engine.supervisor import EngineStartError, Supervisor
 from vllama.models.store import ModelStore
+
+if TYPE_CHECKING:  # imported when serving: aiohttp and the pool cost every other command
+    from vllama.lifecycle.scheduler import EngineScheduler
 
 log = logging.getLogger("vllama.serve")
 
@@ -104,12 +107,6 @@ def _check_port_free(host: str, port: int) -> None:
         ) from exc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLaunch, bool]]:
     """Every engine to start: (launch, is_demo). CLI engine flags apply to each."""
     extra = engine_args(args)
@@ -130,12 +127,46 @@ def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLa
     return out
 
 
+def vllm_available(settings: Settings) -> bool:
+    """Whether engines can be started from here: vLLM importable by this interpreter, or
+    another interpreter named (`engine_python`, trusted to have it)."""
+    import importlib.util
+
+    return settings.engine_python is not None or importlib.util.find_spec("vllm") is not None
+
+
+def make_scheduler(
+    args: argparse.Namespace,
+    settings: Settings,
+    todo: list[tuple[ModelLaunch, bool]],
+    supervisor: Supervisor,
+    cpu: bool,
+) -> EngineScheduler:
+    from vllama.lifecycle.catalog import Catalog
+    from vllama.lifecycle.devices import detect_devices, free_memory
+    from vllama.lifecycle.scheduler import EngineScheduler
+
+    devices = detect_devices(cpu)
+    return EngineScheduler(
+        settings,
+        supervisor,
+        Catalog(settings, engine_args=engine_args(args), configured=todo),
+        cpu_build=cpu,
+        devices=devices,
+        free_memory=lambda: free_memory(devices),
+    )
+
+
 def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
     _configure_logging(settings)
     todo = launches(args, settings)
-    if not todo and not settings.engines:
+    if settings.on_demand and not vllm_available(settings):
+        log.info("on-demand engines off: vLLM is not installed for this interpreter")
+        settings.on_demand = False
+    if not todo and not settings.engines and not settings.on_demand:
         raise CliError(
-            "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, or --demo",
+            "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, or "
+            "--demo (or install vLLM here, so that pulled models load on demand)",
             USAGE,
         )
     _check_port_free(settings.host, settings.port)
@@ -151,12 +182,14 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
         if reason:
             raise CliError(reason, FAILED)
     cpu = is_cpu_build()
-    specs: list[EngineSpec] = [
-        engine_spec(launch, settings, launch.port or free_port(), cpu_build=cpu, demo=demo)
-        for launch, demo in todo
-    ]
-    settings.engines = [*settings.engines, *(s.engine_config() for s in specs)]
-    supervisor = Supervisor(specs, log_dir=settings.log_dir, grace_s=settings.engine_grace_s)
+    supervisor = Supervisor([], log_dir=settings.log_dir, grace_s=settings.engine_grace_s)
+    scheduler = make_scheduler(args, settings, todo, supervisor, cpu)
+    from vllama.upstream.errors import UpstreamError
+
+    try:
+        specs = [p.spec for p in scheduler.plan(todo)]  # placed within the memory budget
+    except UpstreamError as exc:
+        raise CliError(exc.message, FAILED) from exc
 
     stopping = threading.Event()
 
@@ -170,16 +203,23 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
     try:
         if specs:
             for s in specs:
+                supervisor.add(s)
                 print(
                     f"vllama: starting engine {s.name} on {s.url} "
                     f"(log: {supervisor.log_paths()[s.url]})",
                     file=sys.stderr,
                 )
-            supervisor.start()
             progress = LoadProgress(f"loading {len(specs)} engine(s)")
             supervisor.wait_ready(settings.engine_startup_timeout_s, progress.update)
             progress.done(f"vllama: {len(specs)} engine(s) ready")
-        _serve_facade(settings, supervisor)
+        if settings.on_demand:
+            print(
+                "vllama: pulled models load on their first request and unload after "
+                f"keep_alive {settings.keep_alive} (memory budget {settings.memory_budget} "
+                f"of {', '.join(d.label for d in scheduler.devices)})",
+                file=sys.stderr,
+            )
+        _serve_facade(settings, supervisor, scheduler)
     except KeyboardInterrupt:
         code = OK
     except EngineStartError as exc:
@@ -189,7 +229,7 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
         stopping.set()
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # stopping now; a second signal changes nothing
-        if specs:
+        if supervisor.pgids():
             print("vllama: stopping engines", file=sys.stderr)
         supervisor.stop()
         for sig, handler in previous.items():
@@ -197,14 +237,14 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
     return code
 
 
-def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
+def _serve_facade(settings: Settings, supervisor: Supervisor, scheduler: EngineScheduler) -> None:
     import uvicorn
 
     from vllama.models.store import ApiModelStore
     from vllama.server.app import create_app
     from vllama.server.http import uvicorn_config
 
-    app = create_app(settings)
+    app = create_app(settings, loader=scheduler)
     if getattr(app.state, "model_store", None) is None:  # /api/pull, /api/delete do real work
         app.state.model_store = ApiModelStore(ModelStore(settings))
     metrics = getattr(app.state, "metrics", None)

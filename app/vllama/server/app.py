@@ -27,10 +27,13 @@ from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
 from vllama.server.openapi import document as openapi_document
 from vllama.server.route_table import api_router
+from vllama.upstream.loader import EngineLoader
 from vllama.upstream.pool import EnginePool
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, loader: EngineLoader | None = None) -> FastAPI:
+    """The app; `loader` (vllama serve's lifecycle.scheduler.EngineScheduler) starts
+    engines for pulled models on demand and stops them after keep_alive."""
     metrics = Metrics()
     pool = EnginePool(
         settings, metrics, model_config=lambda root: read_model_config(root, settings.cache_dir)
@@ -39,9 +42,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()
+        if loader is not None:
+            await loader.start(pool, metrics)
         try:
             yield
         finally:
+            if loader is not None:
+                await loader.close()
             await pool.close()
 
     app = FastAPI(

@@ -97,8 +97,11 @@ def test_double_dash_only_for_serve(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_with_nothing_to_serve_says_what_to_give(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Without on-demand engines (where vLLM is installed, `vllama serve` alone serves the
+    pulled models, as `ollama serve` does)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("VLLAMA_ON_DEMAND", "false")
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "--engine URL" in err and "--demo" in err

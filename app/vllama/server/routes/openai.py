@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from vllama.server.deps import (
+    acquire_model,
     get_metrics,
     get_pool,
     record_usage,
-    resolve_model,
     set_priority,
     upstream_headers,
 )
@@ -103,7 +103,7 @@ async def forward(request: Request, *, route: str) -> Response:
     pool = get_pool(request)
     metrics = get_metrics(request)
     try:
-        model = resolve_model(request, name)
+        model = await acquire_model(request, name)
     except UpstreamError as exc:
         return upstream_error_response(path, exc)
     body["model"] = model.id

@@ -114,14 +114,14 @@ async def create(request: Request) -> Response:
 
 
 async def copy(request: Request) -> Response:
-    """A copy of a served model is an alias (in memory, until restart)."""
+    """A copy of a served or pulled model is an alias (in memory, until restart)."""
     try:
         body = await read_body(request)
         source = opt_str(body, "source")
         destination = opt_str(body, "destination")
         if not source or not destination:
             raise TranslationError("source and destination are required", "source")
-        card = get_pool(request).resolve(source)
+        card = await get_pool(request).describe(source)  # served, or pulled (on-demand)
     except UpstreamError:
         return error(request, Refused(404, f'model "{source}" not found'))
     except Exception as exc:
