@@ -209,6 +209,9 @@ class Supervisor:
     def start(self) -> None:
         for child in self._children:
             self._spawn(child)
+        self._watch_in_background()
+
+    def _watch_in_background(self) -> None:
         self._monitor = threading.Thread(target=self._watch, name="vllama-supervisor", daemon=True)
         self._monitor.start()
 
@@ -221,8 +224,8 @@ class Supervisor:
                 raise EngineStartError("vllama is stopping")
             self._children = [c for c in self._children if c.spec.url != spec.url] + [child]
             self._spawn(child)
-        if self._monitor is None:
-            self.start()
+            if self._monitor is None:
+                self._watch_in_background()
 
     def remove(self, url: str) -> None:
         """Stop the engine at `url` (SIGTERM to its group, SIGKILL after the grace period)

@@ -606,8 +606,10 @@ class EngineScheduler:
                     victim.model_id,
                     model_id,
                 )
-                if victim.state == "sleeping":
-                    victim.state = "loaded"  # for _stop's bookkeeping
+                # Sleeping frees all but the overhead: enough, or stop it outright.
+                gain = victim.need.per_device - victim.need.overhead
+                enough = all(room.get(d, 0) + gain >= need.per_device for d in victim.devices)
+                if victim.state == "sleeping" or not (victim.can_sleep and enough):
                     await self._stop(victim)
                     if self._metrics is not None:
                         self._metrics.model_unloaded(victim.model_id, "evicted")
