@@ -39,3 +39,16 @@ def test_library_names_people_type() -> None:
     # Every target is a Hugging Face repo id (org/name), every key an Ollama name.
     assert all(v.count("/") == 1 and ":" not in v for v in LIBRARY.values())
     assert all("/" not in k for k in LIBRARY)
+
+
+def test_the_library_table_in_the_docs_is_the_code_s() -> None:
+    """docs/lifecycle.md lists vllama.names.LIBRARY: one source, checked."""
+    import re
+    from pathlib import Path
+
+    from vllama.names import LIBRARY
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md").read_text()
+    section = doc.split("## Names people type", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]+)` \|$", section, re.MULTILINE))
+    assert rows == LIBRARY

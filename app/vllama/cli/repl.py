@@ -357,7 +357,11 @@ class Session:
     # --- chatting -------------------------------------------------------------------------
 
     def request(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": self.messages, "stream": True}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(self.messages),
+            "stream": True,
+        }
         if self.options.parameters:
             body["options"] = dict(self.options.parameters)
         if self.options.format:

@@ -36,10 +36,21 @@ LLAMA_31_8B = {
     "max_position_embeddings": 131072,
     "torch_dtype": "bfloat16",
 }
-DEEPSEEK_V3 = {"model_type": "deepseek_v3", "num_hidden_layers": 61, "kv_lora_rank": 512,
-               "qk_rope_head_dim": 64, "num_attention_heads": 128, "torch_dtype": "bfloat16"}  # fmt: skip
-MINILM = {"model_type": "bert", "num_hidden_layers": 6, "num_attention_heads": 12,
-          "hidden_size": 384, "max_position_embeddings": 512}  # fmt: skip
+DEEPSEEK_V3 = {
+    "model_type": "deepseek_v3",
+    "num_hidden_layers": 61,
+    "kv_lora_rank": 512,
+    "qk_rope_head_dim": 64,
+    "num_attention_heads": 128,
+    "torch_dtype": "bfloat16",
+}
+MINILM = {
+    "model_type": "bert",
+    "num_hidden_layers": 6,
+    "num_attention_heads": 12,
+    "hidden_size": 384,
+    "max_position_embeddings": 512,
+}
 QWEN_PARAMS = 494_032_768
 
 
@@ -71,8 +82,13 @@ def test_qwen_on_a_gpu_with_the_defaults() -> None:
 
 
 def test_engine_flags_win_over_the_defaults() -> None:
-    base = dict(files_bytes=0, parameter_count=QWEN_PARAMS, context_length=4096,
-                num_parallel=4, overhead=GiB)  # fmt: skip
+    base = dict(
+        files_bytes=0,
+        parameter_count=QWEN_PARAMS,
+        context_length=4096,
+        num_parallel=4,
+        overhead=GiB,
+    )
     long = estimate(QWEN_05B, engine_args=["--max-model-len", "32768"], **base)  # type: ignore[arg-type]
     assert long.kv_cache == 12288 * 32768 * 4
     f32 = estimate(QWEN_05B, engine_args=["--dtype=float32"], **base)  # type: ignore[arg-type]
@@ -94,11 +110,25 @@ def test_engine_flags_win_over_the_defaults() -> None:
 
 def test_quantized_and_unknown_models_use_the_file_size() -> None:
     awq = {**QWEN_05B, "quantization_config": {"quant_method": "awq"}}
-    need = estimate(awq, files_bytes=450 * MiB, parameter_count=QWEN_PARAMS, engine_args=[],
-                    context_length=4096, num_parallel=1, overhead=0)  # fmt: skip
+    need = estimate(
+        awq,
+        files_bytes=450 * MiB,
+        parameter_count=QWEN_PARAMS,
+        engine_args=[],
+        context_length=4096,
+        num_parallel=1,
+        overhead=0,
+    )
     assert need.weights == 450 * MiB
-    odd = estimate({}, files_bytes=400 * MiB, parameter_count=None, engine_args=[],
-                   context_length=4096, num_parallel=4, overhead=0)  # fmt: skip
+    odd = estimate(
+        {},
+        files_bytes=400 * MiB,
+        parameter_count=None,
+        engine_args=[],
+        context_length=4096,
+        num_parallel=4,
+        overhead=0,
+    )
     assert odd.weights == 400 * MiB and odd.kv_cache == 100 * MiB  # a quarter of the weights
 
 

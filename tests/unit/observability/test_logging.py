@@ -116,3 +116,26 @@ def test_a_traceback_in_text_cannot_pass_for_a_record() -> None:
     first, *rest = out.getvalue().splitlines()
     assert first.endswith("failed") and rest
     assert all(line.startswith("  | ") for line in rest)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_text_on_a_terminal_and_json_otherwise() -> None:
+    """`vllama serve` on a terminal: readable lines, each clearing the spinner's line
+    first; anything else (systemd, compose, a pipe) gets JSON lines."""
+    term = _Terminal()
+    configure_logging(Settings(log_format="auto"), stream=term)
+    logging.getLogger("vllama.test").info("model %s ready", "org/a")
+    line = term.getvalue()
+    assert line.startswith("\r\x1b[K") and "INFO vllama.test: model org/a ready" in line
+    pipe = io.StringIO()
+    configure_logging(Settings(log_format="auto"), stream=pipe)
+    logging.getLogger("vllama.test").info("model %s ready", "org/a")
+    assert json.loads(pipe.getvalue())["message"] == "model org/a ready"
+    forced = _Terminal()
+    configure_logging(Settings(log_format="json"), stream=forced)  # always selectable
+    logging.getLogger("vllama.test").info("x")
+    assert json.loads(forced.getvalue().removeprefix("\r\x1b[K"))["message"] == "x"

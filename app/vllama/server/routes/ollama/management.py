@@ -143,8 +143,8 @@ async def delete(request: Request) -> Response:
             request,
             Refused(
                 409,
-                f"model '{name}' is being served by a running engine: stop that engine "
-                f"first, then remove the files with `vllama rm {name}`",
+                f"model '{name}' is being served by a running engine: unload it with "
+                f"`vllama stop {name}` (or stop the engine that serves it), then delete it",
             ),
         )
     store = _store(request)
