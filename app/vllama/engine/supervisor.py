@@ -185,21 +185,25 @@ class Supervisor:
     def ready_count(self) -> int:
         return sum(c.ready for c in self._children)
 
+    # status() and memory() read without the lock: the watcher holds it through a health
+    # check (up to a second), and these are asked from the event loop.
+
     def status(self, url: str) -> tuple[bool, str | None]:
         """(ready, why it failed to load) of the engine at `url`; KeyError if unknown."""
-        with self._lock:
-            child = self._child(url)
-            return child.ready, child.failed
+        child = self._child(url)
+        return child.ready, child.failed
 
     def memory(self, url: str) -> int | None:
         """Resident memory of the engine's whole process group (API server, engine core,
         workers), in bytes; None when it is not running."""
-        with self._lock:
+        try:
             proc = self._child(url).proc
-        return group_rss(proc.pid) if proc is not None and proc.poll() is None else None
+        except KeyError:
+            return None
+        return group_rss(proc.pid) if proc is not None and proc.returncode is None else None
 
     def _child(self, url: str) -> _Child:
-        for child in self._children:
+        for child in list(self._children):
             if child.spec.url == url:
                 return child
         raise KeyError(url)
