@@ -239,12 +239,12 @@ class EngineScheduler:
     def _budget(self, device: Device) -> int:
         return budget_bytes(self.settings.memory_budget, device.total)
 
-    def _room(self, exclude: _Engine | None = None) -> dict[int, int]:
+    def _room(self) -> dict[int, int]:
         """Bytes each device can still give: its budget left, capped by what is free."""
         free = self._free_memory()
         room: dict[int, int] = {}
         for device in self.devices:
-            held = sum(e.holds(device.index) for e in self._engines.values() if e is not exclude)
+            held = sum(e.holds(device.index) for e in self._engines.values())
             left = self._budget(device) - held
             now = free.get(device.index)
             room[device.index] = min(left, now) if now is not None else left
@@ -410,6 +410,8 @@ class EngineScheduler:
         if engine.state != "loaded":
             return
         self._cancel_timer(engine)
+        if self._metrics is not None:  # counted when decided: /api/ps no longer lists it
+            self._metrics.model_unloaded(engine.model_id, reason)
         if engine.can_sleep:
             self.pool.remove_engine(engine.url)
             engine.state = "sleeping"
@@ -428,8 +430,6 @@ class EngineScheduler:
                 await self._stop(engine)
         else:
             await self._stop(engine)
-        if self._metrics is not None:
-            self._metrics.model_unloaded(engine.model_id, reason)
         self._report()
 
     async def _stop(self, engine: _Engine) -> None:
@@ -593,7 +593,7 @@ class EngineScheduler:
             raise ModelTooLarge(self._no_room_text(model_id, need, never=True))
         deadline = time.monotonic() + self.settings.engine_wait_s
         while True:
-            room = self._room(exclude=None)
+            room = self._room()
             if keep is not None:  # waking: its own overhead is already counted
                 room = {i: r for i, r in room.items() if devices is None or i in devices}
             chosen = choose_devices(need.per_device, need.devices, candidates, room)
@@ -610,14 +610,17 @@ class EngineScheduler:
                 gain = victim.need.per_device - victim.need.overhead
                 enough = all(room.get(d, 0) + gain >= need.per_device for d in victim.devices)
                 if victim.state == "sleeping" or not (victim.can_sleep and enough):
-                    await self._stop(victim)
                     if self._metrics is not None:
                         self._metrics.model_unloaded(victim.model_id, "evicted")
+                    await self._stop(victim)
                     self._report()
                 else:
                     await self._unload(victim, "evicted")
                 continue
             left = deadline - time.monotonic()
+            if any(e.state == "stopping" for e in self._engines.values()):
+                await asyncio.sleep(_POLL_S)  # its memory is on its way back (keep_alive)
+                continue
             busy = [e for e in self._engines.values() if e.busy and e is not keep]
             if not busy or left <= 0:
                 raise self._no_room(model_id, need, waited=bool(busy))

@@ -110,6 +110,7 @@ class StandInProcesses:
     """engine.supervisor.Supervisor's part the scheduler uses, with stand-in engines."""
 
     load_s: float = 0.2
+    remove_s: float = 0.0  # how long stopping takes (vLLM's shutdown)
     sleepable: bool = False
     fail: set[str] = field(default_factory=set)
     added: list[str] = field(default_factory=list)
@@ -124,6 +125,7 @@ class StandInProcesses:
             self.running[spec.url] = StandInEngine(spec, sleepable=self.sleepable)
 
     def remove(self, url: str) -> None:
+        time.sleep(self.remove_s)
         engine = self.running.pop(url, None)
         if engine is not None:
             self.removed.append(engine.spec.name)
@@ -274,6 +276,17 @@ async def test_keep_alive_rules(make: Make) -> None:
     assert bench.loaded() == ["org/b"]
     forever = bench.pool.load_state(bench.pool.resolve("org/b"))
     assert forever is not None and forever.expires_at is None
+
+
+async def test_a_model_waits_for_memory_that_is_being_freed(make: Make) -> None:
+    """A expires (keep_alive) and takes a while to stop; B, asked for meanwhile, waits for
+    that memory instead of being refused (nothing is busy, yet the budget is full)."""
+    procs = StandInProcesses(remove_s=1.0)
+    bench = await make(processes=procs, keep_alive="0.1s", engine_wait_s=0.1)
+    await bench.chat("org/a")
+    await wait_until(lambda: bench.scheduler._engines["org/a"].state == "stopping")
+    assert await bench.chat("org/b") == "org/b"
+    assert procs.removed == ["org/a"] and bench.loaded() == ["org/b"]
 
 
 async def test_unload_now_and_not_while_busy(make: Make) -> None:
