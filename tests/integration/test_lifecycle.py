@@ -15,12 +15,14 @@ these two cores and has nothing to do with when engines start and stop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -93,7 +95,7 @@ def facade(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Facad
         "VLLAMA_CACHE_DIR": str(tmp / "cache"),
         "VLLAMA_MEMORY_BUDGET": "4GiB",
         "VLLAMA_KEEP_ALIVE": f"{DEFAULT_KEEP_ALIVE_S}s",
-        "VLLAMA_ENGINE_WAIT_S": "3",
+        "VLLAMA_ENGINE_WAIT_S": "1",
     }
     with run_serve(["--", "--enforce-eager"], tmp, env=env) as serve:
         client = ollama.Client(host=serve.url, timeout=900)
@@ -149,6 +151,39 @@ class Terminal:
             return self.proc.wait(60)
         finally:
             os.close(self.controller)
+
+
+@contextlib.contextmanager
+def held_stream(port: int, model: str) -> Iterator[None]:
+    """A long generation of `model` (16 × 1500 tokens, seconds even on an idle machine),
+    streamed to a client that reads its first event and then nothing: its engine stays
+    busy at least until it has generated all of it."""
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": "hi",
+            "n": 16,
+            "max_tokens": 1500,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    ).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+        sock.settimeout(120)
+        sock.connect(("127.0.0.1", port))
+        head = (
+            "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        first = b""
+        while b"data: " not in first and len(first) < 65536:
+            chunk = sock.recv(2048)
+            assert chunk, first
+            first += chunk
+        assert first.startswith(b"HTTP/1.1 200") and b"data: " in first, first
+        yield
 
 
 def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
@@ -257,28 +292,10 @@ def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
     row = next(line for line in ps_out.stdout.splitlines() if line.startswith(A))
     assert "100% CPU" in row and "minutes from now" in row and "2048" in row
 
-    # 6. While A is busy, B cannot have its memory: after waiting engine_wait_s it is
-    #    refused with what is loaded and what it needs. A stays busy for as long as a
-    #    client holds its stream unread: 8 × 1000 tokens (MBs of events) fill every buffer
-    #    between the engine and the client, so the request cannot end before it is read.
-    request = urllib.request.Request(
-        f"{facade.serve.url}/v1/completions",
-        data=json.dumps(
-            {
-                "model": A,
-                "prompt": "hi",
-                "n": 8,
-                "max_tokens": 1000,
-                "ignore_eos": True,
-                "stream": True,
-            }
-        ).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as held:
-        assert held.readline().startswith(b"data: ")  # A is answering; then nobody reads
-        with pytest.raises(ollama.ResponseError) as refused:
-            client.generate(model=B, prompt="hi")
+    # 6. While A is busy, B cannot have its memory: after waiting engine_wait_s (1 s) it
+    #    is refused with what is loaded and what it needs.
+    with held_stream(facade.serve.port, A), pytest.raises(ollama.ResponseError) as refused:
+        client.generate(model=B, prompt="hi")
     assert refused.value.status_code == 503
     message = str(refused.value)
     assert f"cannot load model '{B}'" in message and f"'{A}'" in message and "busy" in message
