@@ -287,6 +287,27 @@ def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
     assert term.close() == 0
     text = ANSI.sub("", shown)
     assert expected and expected.strip() in text, (expected, text)
+    once = subprocess.run(  # a prompt argument plus piped stdin: one answer, no chat
+        [
+            sys.executable,
+            "-m",
+            "vllama.cli.main",
+            "run",
+            A,
+            "--keepalive",
+            KEEP,
+            "and this",
+            "--port",
+            str(facade.serve.port),
+        ],
+        input="say something",
+        capture_output=True,
+        text=True,
+        env=facade.env,
+        timeout=300,
+        check=False,
+    )
+    assert once.returncode == 0 and once.stdout.endswith("\n\n") and once.stdout.strip()
     ps_out = facade.vllama("ps")
     assert ps_out.returncode == 0, ps_out.stderr
     row = next(line for line in ps_out.stdout.splitlines() if line.startswith(A))
@@ -355,8 +376,8 @@ def test_serve_logs_are_text_on_a_terminal_and_json_otherwise(tmp_path: Path) ->
     term = Terminal(
         [sys.executable, "-m", "vllama.cli.main", "serve", "--port", str(port)], env, tmp_path
     )
-    term.read_until("Application startup complete", 60)
-    assert http_ok(f"http://127.0.0.1:{port}/api/tags")
+    term.read_until("Uvicorn running on", 60)  # listening (startup completes just before)
+    _wait(lambda: http_ok(f"http://127.0.0.1:{port}/api/tags", timeout=10), 30, "no /api/tags")
     lines = term.read_until("status=200", 30)
     term.proc.send_signal(signal.SIGINT)
     assert term.close() == 0
