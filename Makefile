@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help venv test-venv demo test lint unit bench profile clean
+.PHONY: help venv test-venv demo test lint unit bench profile gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,8 +22,8 @@ test: ## set everything up from a fresh clone and run every suite
 	scripts/test.sh
 
 lint: test-venv ## ruff and mypy --strict
-	$(VENV)/bin/ruff check app tests
-	$(VENV)/bin/ruff format --check app tests
+	$(VENV)/bin/ruff check app tests ops
+	$(VENV)/bin/ruff format --check app tests ops
 	$(VENV)/bin/mypy
 
 unit: test-venv ## the quick suites only (no engine, no containers)
@@ -39,6 +39,9 @@ bench: test-venv ## side-by-side benchmarks (not pass/fail); writes docs/perform
 profile: test-venv ## where the façade's CPU goes (py-spy); writes docs/performance-profile.md
 	scripts/setup-bench-venv.sh
 	$(PY) -m tests.perf.profile
+
+gpu-check: venv ## on a GPU host: doctor, NVML, a small model via façade + proxy, DCGM (GPU_CHECK_ARGS=--json)
+	$(PY) ops/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean: ## remove caches (not the venv)
 	rm -rf .cache/logs .pytest_cache .mypy_cache .ruff_cache

@@ -48,8 +48,14 @@ apt_mirror() {
   done | head -n1
 }
 
+# A suite this machine does not use (trixie on a bookworm host) comes from the mirror that
+# serves this machine's own Debian suite: a Debian mirror carries every release.
+own_suite=$(sed -n "s/^VERSION_CODENAME=//p" /etc/os-release 2>/dev/null | head -n1)
 mirror=${VLLAMA_DEBIAN_MIRROR:-$(apt_mirror | head -n1)}
-[ -n "$mirror" ] || die "no apt source for '$SUITE' in /etc/apt; set VLLAMA_DEBIAN_MIRROR=<debian mirror URL>"
+if [ -z "$mirror" ] && [ -n "$own_suite" ] && [ "$own_suite" != "$SUITE" ]; then
+  mirror=$(SUITE=$own_suite apt_mirror | head -n1)
+fi
+[ -n "$mirror" ] || die "no Debian apt source in /etc/apt; set VLLAMA_DEBIAN_MIRROR=<debian mirror URL>"
 if [ "${1:-}" = "--print-mirror" ]; then echo "$mirror"; exit 0; fi
 
 hash=$( { cat "$0"; echo "$SUITE $mirror"; } | sha256sum | cut -c1-12)

@@ -12,7 +12,7 @@ stage "python environment"
 scripts/setup-venv.sh --test
 scripts/setup-hub-venv.sh   # olah: the local model hub the download tests use (tests/hub.py)
 stage "lint"
-.venv/bin/ruff check app tests
+.venv/bin/ruff check app tests ops
 .venv/bin/mypy
 
 stage "tests"

@@ -10,7 +10,12 @@ import pytest
 from tests.engines import Engine, engine_for, prestart
 from tests.hub import Hub, start_hub
 
-_SESSION_ENGINE_FIXTURES = {"chat_engine": "chat", "embed_engine": "embed", "facade_url": None}
+_SESSION_ENGINE_FIXTURES = {
+    "chat_engine": "chat",
+    "embed_engine": "embed",
+    "scripted_engine": "scripted",
+    "facade_url": None,
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,6 +43,14 @@ def chat_engine() -> Iterator[Engine]:
 def embed_engine() -> Iterator[Engine]:
     """A real vLLM engine serving all-MiniLM-L6-v2 (from PyPI) as `all-minilm`, 384 dims."""
     with engine_for("embed") as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def scripted_engine() -> Iterator[Engine]:
+    """A real vLLM engine serving the scripted model (tests/models/scripted.py) as
+    `vllama-scripted`, with the hermes tool parser and the qwen3 reasoning parser."""
+    with engine_for("scripted") as engine:
         yield engine
 
 

@@ -1,43 +1,68 @@
 """Real vLLM engines (the CPU build) for tests: start, wait until healthy, stop.
 
-Set VLLAMA_TEST_CHAT_ENGINE / VLLAMA_TEST_EMBED_ENGINE to the URL of an engine that is
-already running (started with `python -m tests.engines chat --port N`) to skip the 1-2
-minute start while iterating. Tests that kill or restart an engine start their own.
+Set VLLAMA_TEST_CHAT_ENGINE / VLLAMA_TEST_EMBED_ENGINE / VLLAMA_TEST_SCRIPTED_ENGINE to the
+URL of an engine that is already running (started with `python -m tests.engines chat --port
+N`) to skip the 1-2 minute start while iterating. Tests that kill or restart an engine start their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import procs
+from tests.procs import LOGS, REPO, free_port, http_ok
+
 CACHE = REPO / ".cache"
-LOGS = CACHE / "logs"
 
 CHAT_MODEL = "vllama-demo"
 EMBED_MODEL = "all-minilm"
+SCRIPTED_MODEL = "vllama-scripted"
+MODELS = {"chat": CHAT_MODEL, "embed": EMBED_MODEL, "scripted": SCRIPTED_MODEL}
+# The scripted model's engine: the parsers a Qwen3 deployment uses, thinking off unless asked.
+SCRIPTED_FLAGS = [
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "hermes",
+    "--reasoning-parser",
+    "qwen3",
+    "--default-chat-template-kwargs",
+    '{"enable_thinking": false}',
+    "--enable-log-requests",  # with REQUEST_LOG_CONFIG: each request's body in the log
+]
+# vLLM logs a request's JSON body and rendered prompt at DEBUG only: DEBUG for its request
+# logger alone, so tests can read what the engine received (vllm/logger.py's config shape).
+REQUEST_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "vllm": {"()": "vllm.logging_utils.NewLineFormatter", "format": "%(levelname)s %(message)s"}
+    },
+    "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": "DEBUG"}},
+    "loggers": {
+        "vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False},
+        "vllm.entrypoints.serve.utils.request_logger": {"level": "DEBUG"},
+    },
+}
 START_TIMEOUT_S = float(os.environ.get("VLLAMA_TEST_ENGINE_TIMEOUT", "420"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_model_dir() -> Path:
     from vllama.engine.demo_model import build_demo_model
 
     return build_demo_model(CACHE / "models" / CHAT_MODEL)
+
+
+def scripted_model_dir() -> Path:
+    from tests.models.scripted import build_scripted_model
+
+    return build_scripted_model(CACHE / "models" / SCRIPTED_MODEL)
 
 
 def embed_model_dir() -> Path:
@@ -47,15 +72,13 @@ def embed_model_dir() -> Path:
 
 
 def engine_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-    )
-    return env
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
 
 
 def engine_command(kind: str, port: int) -> list[str]:
@@ -69,6 +92,9 @@ def engine_command(kind: str, port: int) -> list[str]:
     elif kind == "embed":
         model, name = embed_model_dir(), EMBED_MODEL
         flags = ["--runner", "pooling", "--max-model-len", "256"]
+    elif kind == "scripted":
+        model, name = scripted_model_dir(), SCRIPTED_MODEL
+        flags = ["--max-model-len", "512", *SCRIPTED_FLAGS]
     else:
         raise ValueError(kind)
     return build(
@@ -81,12 +107,14 @@ def engine_command(kind: str, port: int) -> list[str]:
     )
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
+def kind_env(kind: str) -> dict[str, str]:
+    env = engine_env()
+    if kind == "scripted":
+        LOGS.mkdir(parents=True, exist_ok=True)
+        config = LOGS / "engine-request-log.json"
+        config.write_text(json.dumps(REQUEST_LOG_CONFIG))
+        env["VLLM_LOGGING_CONFIG_PATH"] = str(config)
+    return env
 
 
 @dataclass
@@ -94,49 +122,31 @@ class Engine:
     kind: str
     url: str
     model: str
-    proc: subprocess.Popen[bytes] | None = None  # None: started by someone else
-    log: Path | None = None
+    process: procs.Proc | None = None  # None: started by someone else
+    log: Path | None = None  # its output, when this machine has it
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.popen if self.process is not None else None
 
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
     def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.kind} engine exited with {self.proc.returncode}; "
-                    f"see {self.log}:\n{self.tail()}"
-                )
-            if http_ok(f"{self.url}/health"):
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.kind} engine not healthy after {timeout:.0f}s; see {self.log}")
+        if self.process is not None:
+            self.process.wait_ready("/health", timeout)
+        else:
+            procs.wait_for(lambda: http_ok(f"{self.url}/health"), f"{self.url}", timeout)
 
-    def tail(self, n: int = 40) -> str:
-        if self.log is None or not self.log.exists():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self, grace: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
 
     def kill(self) -> None:
         """SIGKILL the whole engine (API server and engine core), as a crash would."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.process is not None:
+            self.process.kill()
 
 
 def start_engine(
@@ -144,20 +154,15 @@ def start_engine(
 ) -> Engine:
     """Start a real engine; `extra_args` come last, so they override the defaults."""
     port = port or free_port()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"engine-{kind}-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*engine_command(kind, port), *extra_args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=engine_env(),
-            start_new_session=True,
-            cwd=str(REPO),
-        )
-    engine = Engine(
-        kind, f"http://127.0.0.1:{port}", CHAT_MODEL if kind == "chat" else EMBED_MODEL, proc, log
+    url = f"http://127.0.0.1:{port}"
+    process = procs.start(
+        f"{kind} engine",
+        [*engine_command(kind, port), *extra_args],
+        LOGS / f"engine-{kind}-{port}.log",
+        url=url,
+        env=kind_env(kind),
     )
+    engine = Engine(kind, url, MODELS[kind], process, process.log)
     if wait:
         try:
             engine.wait_healthy()
@@ -182,7 +187,9 @@ def engine_for(kind: str) -> Iterator[Engine]:
     """The engine from VLLAMA_TEST_<KIND>_ENGINE if set, else a fresh one for this block."""
     url = os.environ.get(f"VLLAMA_TEST_{kind.upper()}_ENGINE")
     if url:
-        engine = Engine(kind, url.rstrip("/"), CHAT_MODEL if kind == "chat" else EMBED_MODEL)
+        engine = Engine(kind, url.rstrip("/"), MODELS[kind])
+        own_log = LOGS / f"engine-{kind}-{engine.port}.log"  # `python -m tests.engines` writes it
+        engine.log = own_log if own_log.exists() else None
         engine.wait_healthy(30)
         yield engine
         return
@@ -199,16 +206,17 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["chat", "embed"])
+    parser.add_argument("kind", choices=sorted(MODELS))
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
     engine = start_engine(args.kind, args.port)
+    assert engine.process is not None
     print(
-        f"{args.kind} engine ready at {engine.url} (log {engine.log}); Ctrl-C stops it", flush=True
+        f"{args.kind} engine ready at {engine.url} (log {engine.process.log}); Ctrl-C stops it",
+        flush=True,
     )
     try:
-        assert engine.proc is not None
-        engine.proc.wait()
+        engine.process.popen.wait()
     except KeyboardInterrupt:
         pass
     finally:

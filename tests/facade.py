@@ -1,20 +1,19 @@
 """Run the real façade (uvicorn + the app factory) on a free 127.0.0.1 port, in a thread.
 
 For tests that must signal or kill the façade, run it as a subprocess with
-`vllama serve --engine URL ...` instead.
+`tests.procs.vllama_serve` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
-from tests.engines import free_port, http_ok
+from tests.procs import free_port, http_ok, wait_for
 
 
 @contextlib.contextmanager
@@ -33,11 +32,13 @@ def run_facade(**settings: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not http_ok(f"{url}/health"):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("façade did not start")
-        time.sleep(0.05)
+
+    def up() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("façade did not start: its server thread ended")
+        return http_ok(f"{url}/health")
+
+    wait_for(up, "façade up", 30)
     try:
         yield url
     finally:

@@ -34,17 +34,16 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.engines import CACHE, REPO, demo_model_dir, embed_model_dir, free_port
+from tests import procs
+from tests.engines import CACHE, demo_model_dir, embed_model_dir
+from tests.procs import REPO, free_port
 
 HUB_VENV = REPO / ".venv-hub"
 MIRRORS = REPO / ".cache" / "hub" / "mirrors"
@@ -167,6 +166,10 @@ class _Relay:
     throttles: dict[str, float] = field(default_factory=dict)  # path part -> bytes/s
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    # The connections being relayed. asyncio keeps only weak references to tasks, and a
+    # client's hang-up drops the server's: without these a relay waiting on the hub would
+    # be collected pending, its connections left unclosed.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def _gate(self, writer: asyncio.StreamWriter, served: Served) -> None:
         # As the Hub answers a gated model's files: 401 anonymous, 403 without access.
@@ -193,6 +196,10 @@ class _Relay:
         await writer.drain()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(self.tasks.discard)  # type: ignore[arg-type]
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (
@@ -213,6 +220,7 @@ class _Relay:
         path = urlsplit(target).path
         served = Served(method, path, named.get("range"), "authorization" in named)
         self.log.append(served)
+        up_writer: asyncio.StreamWriter | None = None
         try:
             if path.startswith(f"/{GATED}/resolve/"):
                 await self._gate(writer, served)
@@ -224,12 +232,14 @@ class _Relay:
             if self.info_shim and re.fullmatch(r"/api/models/[^/]+/[^/]+", path):
                 target = path + "/revision/main"
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            # The client's Host stays: redirects the hub answers (e.g. to a trailing-slash
+            # URL) must lead back here, not to the hub's own loopback port.
             keep = [
                 f"{k}:{v}"
                 for k, v in headers
-                if k.strip().lower() not in ("connection", "keep-alive", "host")
+                if k.strip().lower() not in ("connection", "keep-alive")
             ]
-            out = [f"{method} {target} {version}", f"Host: 127.0.0.1:{self.upstream_port}", *keep]
+            out = [f"{method} {target} {version}", *keep]
             up_writer.write(
                 ("\r\n".join([*out, "Connection: close", "", ""])).encode("latin-1") + body
             )
@@ -246,12 +256,13 @@ class _Relay:
                 rate = next((r for part, r in self.throttles.items() if part in path), None)
                 if rate:
                     await asyncio.sleep(len(chunk) / rate)
-            up_writer.close()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # the client hung up (an interrupted download) or the hub stops
         finally:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                writer.close()
+            for open_writer in (up_writer, writer):  # both ends, however it ended
+                if open_writer is not None:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        open_writer.close()
 
     def start(self, host: str, port: int) -> None:
         async def serve() -> asyncio.AbstractServer:
@@ -339,33 +350,24 @@ def docker_gateway(network: str = "bridge") -> str:
     return _interface_address(bridge or f"br-{info['Id'][:12]}")
 
 
-def _olah(bin_dir: Path, workdir: Path, name: str, config: str) -> subprocess.Popen[bytes]:
+def _olah(bin_dir: Path, workdir: Path, name: str, config: str) -> procs.Proc:
     conf = workdir / f"{name}.toml"
     conf.write_text(config)
-    log = (workdir / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        [str(bin_dir / "python"), "-m", "olah.server", "--config", str(conf)],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = [str(bin_dir / "python"), "-m", "olah.server", "--config", str(conf)]
+    return procs.start(f"olah {name}", cmd, workdir / f"{name}.log", cwd=workdir)
 
 
-def _ready(url: str, timeout: float, procs: list[subprocess.Popen[bytes]], workdir: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        dead = [p for p in procs if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            logs = "".join(p.read_text()[-2000:] for p in workdir.glob("*.log"))
-            raise RuntimeError(f"the olah hub did not answer {url}:\n{logs}")
-        time.sleep(0.3)
+def _ready(url: str, timeout: float, olahs: list[procs.Proc]) -> None:
+    def answers() -> bool:
+        for p in olahs:
+            if p.popen.poll() is not None:
+                raise procs.ProcessExited(f"{p.name} exited with {p.popen.returncode}")
+        return procs.http_ok(url, timeout=5)
+
+    try:
+        procs.wait_for(answers, f"the olah hub answering {url}", timeout, interval=0.3)
+    except (procs.ProcessExited, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}:\n{''.join(p.tail(2000) for p in olahs)}") from None
 
 
 @contextlib.contextmanager
@@ -393,7 +395,7 @@ def start_hub(workdir: Path) -> Iterator[Hub]:
         f'hf-lfs-netloc = "127.0.0.1:{shim_port}"\ncache-block-size = "128MB"\n'
         "[accessibility]\noffline = false\n",
     )
-    procs = [mirror, front]
+    olahs = [mirror, front]
     relay = _Relay(front_port)
     shim = _Relay(mirror_port, info_shim=True, loop=relay.loop)
     thread = threading.Thread(target=relay.loop.run_forever, name="hub-relay", daemon=True)
@@ -402,21 +404,15 @@ def start_hub(workdir: Path) -> Iterator[Hub]:
         shim.start("127.0.0.1", shim_port)
         relay.start("127.0.0.1", relay_port)
         hub = Hub(f"http://127.0.0.1:{relay_port}", relay, workdir)
-        _ready(f"{hub.url}/api/models/{DEMO_REPO}/revision/main", 90, procs, workdir)
+        _ready(f"{hub.url}/api/models/{DEMO_REPO}/revision/main", 90, olahs)
         yield hub
     finally:
         shim.stop(stop_loop=False)
         relay.stop()
         thread.join(10)
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        relay.loop.close()  # its self-pipe sockets too
+        for proc in olahs:
+            proc.stop()
 
 
 if __name__ == "__main__":  # `python -m tests.hub`: run it by hand, Ctrl-C stops it

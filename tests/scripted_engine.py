@@ -7,7 +7,8 @@ a connection that already served one is read and then met with a closed socket, 
 vLLM closes an idle connection at the moment the client reuses it (the client sees
 aiohttp's ServerDisconnectedError; the request never reached the engine's app).
 `hang=True` accepts chat requests and never answers (a hung engine); `stall_stream=True`
-starts a stream (headers and one event) and then goes silent.
+starts a stream (headers and one event) and then goes silent. Discovery's own requests
+(the kind probe, the capability probes with max_tokens 0 or 1) are always answered.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Counts:
     answered: int = 0
     dropped: int = 0
     hung: int = 0
+    abandoned: int = 0  # hung requests whose client (the façade) closed the connection
     open_hangs: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -101,6 +103,7 @@ class ScriptedEngine:
         self.script = script
         self.model = model
         self.counts = Counts()
+        self.last_request: dict[str, object] | None = None  # the last body it was sent
         self._server: asyncio.Server | None = None
         self.url = ""
 
@@ -142,8 +145,15 @@ class ScriptedEngine:
                     writer.write(_response(200, _models(self.model)))
                 elif path.startswith("/v1/") and method == "POST":
                     request = json.loads(body or b"{}")
+                    if request:
+                        self.last_request = request
                     if request == {}:  # discovery's probe: a generating engine refuses it
                         writer.write(_response(400, b'{"error": {"message": "bad", "code": 400}}'))
+                    elif request.get("max_tokens") == 0:  # a capability probe: refused, as vLLM
+                        err = b'{"error": {"message": "max_tokens must be at least 1, got 0.", "code": 400}}'
+                        writer.write(_response(400, err))
+                    elif request.get("max_tokens") == 1:  # the thinking probe: one token
+                        writer.write(_chat(False, self.model))
                     elif self.script.stall_stream and request.get("stream"):
                         self.counts.hung += 1
                         head, _, rest = _chat(True).partition(b"\r\n\r\n")
@@ -161,7 +171,10 @@ class ScriptedEngine:
                         task = asyncio.current_task()
                         assert task is not None
                         self.counts.open_hangs.add(task)  # type: ignore[arg-type]
-                        await asyncio.Event().wait()
+                        await reader.read()  # until the client closes the connection
+                        self.counts.abandoned += 1
+                        self.counts.open_hangs.discard(task)  # type: ignore[arg-type]
+                        return
                     else:
                         self.counts.answered += 1
                         writer.write(_chat(bool(request.get("stream")), self.model))

@@ -23,6 +23,7 @@ from vllama.units import parse_duration, parse_size
 
 ENV_PREFIX = "VLLAMA_"
 DEFAULT_PORT = 11434  # Ollama's port: every Ollama client's default
+DEFAULT_MAX_IMAGE_PIXELS = 7680 * 4320
 
 
 class ConfigError(Exception):
@@ -39,10 +40,13 @@ class EngineConfig(BaseModel):
     models: list[str] = Field(default_factory=list)
     # Sent upstream as `Authorization: Bearer` when the engine was started with --api-key.
     api_key: str | None = None
-    # What the engine was started with, for /api/show capabilities (vLLM does not report
-    # tool/reasoning parsers). "completion"/"embedding" are detected when not given.
-    capabilities: list[Literal["completion", "embedding", "tools", "thinking", "vision"]] = Field(
-        default_factory=list
+    # What the engine loads (a repo id or a path), when known: `vllama serve` sets it for
+    # the engines it supervises. /api/delete never removes it, reachable or not.
+    source: str | None = None
+    # None: detected (tools, thinking and vision by probing the engine at discovery;
+    # completion/embedding always). A list overrides the detection of tools/thinking/vision.
+    capabilities: list[Literal["completion", "embedding", "tools", "thinking", "vision"]] | None = (
+        None
     )
 
     @field_validator("url")
@@ -117,6 +121,9 @@ class Settings(BaseModel):
 
     # Limits.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Pixels of one image in a request (read from its header); 8K UHD by default. Larger
+    # ones are a 400: vLLM answered 500 to a 14000x14000 PNG and spends seconds on big ones.
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_queue: int = Field(512, ge=0)  # waiting requests before "server busy" (Ollama: 512)
     max_in_flight: int = Field(1024, ge=1)  # concurrent upstream requests before queueing
     # Per-client rate limit on inference routes (429 + Retry-After); None: off. Client =
@@ -128,6 +135,7 @@ class Settings(BaseModel):
     max_messages: int = Field(4096, ge=1)  # chat messages per request
     max_images: int = Field(64, ge=0)  # images per request (/api and /v1 alike)
     max_choices: int = Field(16, ge=1)  # `n` / `best_of`; each choice also takes a key slot
+    max_aliases: int = Field(256, ge=0)  # aliases /api/copy may add while the server runs
 
     # Browsers (security/browser.py): Ollama's defaults plus these. Origins as Ollama's
     # OLLAMA_ORIGINS (`https://app.example.com`, `http://localhost:*`, `*`); hosts are extra

@@ -74,7 +74,7 @@ class Images:
     wheelhouse: str
     facade: str
     vllm_cpu: str
-    vllm_cuda_swapped: str  # images/vllm/Dockerfile built on a local Python base
+    vllm_cuda_swapped: str  # images/Dockerfile's vllm target built on a local Python base
     standins: dict[str, str]
 
     def env(self) -> dict[str, str]:
@@ -91,13 +91,22 @@ class Images:
 
 
 def _wheelhouse_image() -> str:
-    out = run(["scripts/build-wheelhouse.sh"], timeout=1800, log="build-wheelhouse.log")
+    out = run(["ops/build-wheelhouse.sh"], timeout=1800, log="build-wheelhouse.log")
     wheelhouse = Path(out.strip().splitlines()[-1])
     deps = wheelhouse.parent / (wheelhouse / ".deps").read_text().strip()
     ref = f"vllama-local/wheelhouse:{deps.name.removeprefix('deps-')}"
     if image_id(ref) is None:
         run(
-            ["docker", "build", "-q", "-t", ref, "-f", "images/wheelhouse/Dockerfile", str(deps)],
+            [
+                "docker",
+                "build",
+                "-q",
+                "-t",
+                ref,
+                "-f",
+                "images/helpers/wheelhouse/Dockerfile",
+                str(deps),
+            ],
             timeout=900,
             log="build-wheelhouse-image.log",
         )
@@ -112,30 +121,32 @@ def build_all() -> Images:
     base_id, wh_id = image_id(base), image_id(wheelhouse)
     assert base_id and wh_id
     src = (REPO / "pyproject.toml", REPO / "README.md", REPO / "app")
-    images = REPO / "images"
+    shipped = (REPO / "images" / "Dockerfile", REPO / "images" / "build")
+    standins_dir = REPO / "images" / "helpers" / "standins"
 
     def tag(name: str, *parts: str | Path) -> str:
-        return f"vllama-test/{name}:{tree_hash(*parts)}"
+        return f"vllama-test/{name}:{tree_hash(name, *parts)}"
 
-    py_base = tag("python-base", images / "facade" / "Dockerfile", base_id)
-    facade = tag("facade", images / "facade", *src, base_id, wh_id)
-    vllm_cpu = tag("vllm-cpu", images / "vllm-cpu", *src, base_id, wh_id)
-    cuda = tag("vllm-cuda-swapped", images / "vllm", *src, base_id, wh_id)
-    standins = {n: tag(f"local-{n}", images / "local", base_id) for n in STANDINS}
+    py_base = tag("python-base", *shipped, base_id)
+    facade = tag("facade", *shipped, *src, base_id, wh_id)
+    vllm_cpu = tag("vllm-cpu", *shipped, *src, base_id, wh_id)
+    cuda = tag("vllm-cuda-swapped", *shipped, *src, base_id, wh_id)
+    standins = {n: tag(f"local-{n}", standins_dir, base_id) for n in STANDINS}
 
     common = {"BASE_IMAGE": base, "WHEELHOUSE_IMAGE": wheelhouse}
+
+    def shipped_target(target: str, args: dict[str, str]) -> dict[str, object]:
+        return {"dockerfile": "images/Dockerfile", "target": target, "args": args}
+
     specs: dict[str, tuple[str, dict[str, object]]] = {
-        "python-base": (
-            py_base,
-            {"dockerfile": "images/facade/Dockerfile", "target": "runtime-base", "args": common},
-        ),
-        "facade": (facade, {"dockerfile": "images/facade/Dockerfile", "args": common}),
-        "vllm-cpu": (vllm_cpu, {"dockerfile": "images/vllm-cpu/Dockerfile", "args": common}),
+        "python-base": (py_base, shipped_target("runtime-base", common)),
+        "facade": (facade, shipped_target("facade", common)),
+        "vllm-cpu": (vllm_cpu, shipped_target("vllm-cpu", common)),
         **{
             f"local-{n}": (
                 ref,
                 {
-                    "context": str(images / "local"),
+                    "context": str(standins_dir),
                     "target": n,
                     "args": {"BASE_IMAGE": base},
                 },
@@ -149,10 +160,10 @@ def build_all() -> Images:
         {
             "vllm-cuda-swapped": (
                 cuda,
-                {
-                    "dockerfile": "images/vllm/Dockerfile",
-                    "args": {"VLLM_IMAGE": py_base, "WHEELHOUSE_IMAGE": wheelhouse},
-                },
+                shipped_target(
+                    "vllm",
+                    {"VLLM_IMAGE": py_base, "BASE_IMAGE": base, "WHEELHOUSE_IMAGE": wheelhouse},
+                ),
             )
         }
     )

@@ -1,6 +1,9 @@
 """The compose stack for real: the `cpu` + `monitoring` profiles built from local bases and
-the host's wheelhouse, started with `docker compose up --wait`, used through the proxy on
-127.0.0.1, scraped by Prometheus, an engine crash survived, then torn down to nothing.
+the host's wheelhouse, started from `.env.example` with `docker compose up --wait`, the chat
+model downloaded by the stack's own pull step through the local Hugging Face hub
+(tests/hub.py, reached over the Docker bridge) into the shared cache and served from there
+by an offline engine, used through the proxy on 127.0.0.1, scraped by Prometheus, an engine
+crash survived, then torn down to nothing.
 
 Grafana is the one service not started: it has no Debian package, so no local stand-in
 exists and nothing may be pulled here. Its service definition is still checked by
@@ -14,8 +17,6 @@ import io
 import json
 import math
 import os
-import secrets
-import socket
 import subprocess
 import tarfile
 import time
@@ -30,35 +31,24 @@ import pytest
 from docker.models.containers import Container
 
 from tests.containers.build import REPO, Images
+from tests.hub import DEMO_REPO, Hub, docker_gateway
+from tests.procs import free_port, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-SERVICES = ["vllm-cpu", "vllm-embed", "vllama", "proxy", "prometheus", "alertmanager",
+SERVICES = ["vllm-cpu", "vllm-embed", "vllama-cpu", "proxy", "prometheus", "alertmanager",
             "node-exporter"]  # fmt: skip
+ONE_SHOTS = ["pull-cpu"]  # started by `up` as the engine's dependency, then exited
 ENGINE_SERVICES = ("vllm-cpu", "vllm-embed")
 UP_TIMEOUT_S = 900
+# Above compose's default body limit (32 MiB): raised in .env, for the proxy and the façade.
+MAX_BODY_BYTES = 40 * 1024 * 1024
+# A JSON-valued engine flag, in .env's shell-quoted form: one argument for vLLM.
+GENERATION_OVERRIDE = {"repetition_penalty": 1.05}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
-    """Poll `check()` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, OSError, docker.errors.APIError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+# What a check may raise while the stack is still coming up: "not yet".
+NOT_YET = (httpx.HTTPError, OSError, docker.errors.APIError)
 
 
 @dataclass
@@ -103,16 +93,29 @@ def caddy_root_ca(container: Container, dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(
-    images: Images, docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+    images: Images,
+    docker_client: docker.DockerClient,
+    hub: Hub,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     project = f"vllama-smoke-{os.getpid()}"
-    ports = {k: free_port() for k in ("https", "http", "prometheus", "alertmanager", "grafana")}
+    ports = {
+        k: free_port() for k in ("https", "http", "prometheus", "alertmanager", "grafana", "facade")
+    }
+    flags = f"--max-model-len 512 --override-generation-config '{json.dumps(GENERATION_OVERRIDE)}'"
+    # .env as `cp .env.example .env` leaves it, plus what this run needs: its own images,
+    # names and ports, and the demo model as a hub repo served by the local hub.
     env = {
         **images.env(),
         "COMPOSE_PROJECT_NAME": project,
-        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16),
-        "VLLAMA_ENGINES": "http://engine:8000,http://vllm-embed:8000",
+        "COMPOSE_PROFILES": "cpu,monitoring",
+        "VLLAMA_CPU_MODEL": DEMO_REPO,
+        "VLLAMA_CPU_SERVED_NAME": "vllama-demo",
+        "VLLAMA_CPU_ENGINE_ARGS": flags,
+        "HF_ENDPOINT": hub.listen(docker_gateway()),
+        "VLLAMA_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "VLLAMA_FACADE_PORT": str(ports["facade"]),
         "VLLAMA_BIND": "127.0.0.1",
         "VLLAMA_HTTPS_PORT": str(ports["https"]),
         "VLLAMA_HTTP_PORT": str(ports["http"]),
@@ -124,7 +127,8 @@ def stack(
         "VLLAMA_CPU_ENGINE_START_PERIOD": "600s",
     }
     env_file = tmp / "stack.env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    example = (REPO / "compose" / ".env.example").read_text()
+    env_file.write_text(example + "".join(f"{k}={v}\n" for k, v in env.items()))
     s = Stack(project, env_file, f"https://localhost:{ports['https']}",
               f"http://127.0.0.1:{ports['prometheus']}", tmp / "caddy-root.crt", docker_client)  # fmt: skip
     try:
@@ -197,15 +201,21 @@ def test_prometheus_scrapes_facade_engine_node_and_proxy(stack: Stack) -> None:
         wanted = ("vllama", "vllm", "node", "proxy")
         return by_job if all(by_job.get(j) == 1.0 for j in wanted) else None
 
-    wait_for("Prometheus up == 1 for vllama, vllm, node and proxy", ups, timeout=120, interval=3)
+    wait_for(
+        ups, "Prometheus up == 1 for vllama, vllm, node and proxy", 120, interval=3, errors=NOT_YET
+    )
 
 
 def test_every_container_is_healthy_and_not_root(stack: Stack) -> None:
     containers = stack.containers()
-    assert {c.labels["com.docker.compose.service"] for c in containers} == set(SERVICES)
+    assert {c.labels["com.docker.compose.service"] for c in containers} == {*SERVICES, *ONE_SHOTS}
     for c in containers:
         c.reload()
         name = c.labels["com.docker.compose.service"]
+        if name in ONE_SHOTS:
+            assert c.attrs["State"]["Status"] == "exited" and c.attrs["State"]["ExitCode"] == 0
+            assert c.attrs["Config"]["User"].split(":")[0] not in ("", "0", "root"), name
+            continue
         assert c.attrs["State"]["Health"]["Status"] == "healthy", name
         user = c.attrs["Config"]["User"]
         assert user and user.split(":")[0] not in ("0", "root"), (name, user)
@@ -234,6 +244,66 @@ def test_engines_are_never_published_nor_reachable_from_outside_the_backend(stac
     assert proxy.exec_run([*probe, "http://vllama:11434/health"]).exit_code == 0
     assert proxy.exec_run([*probe, "http://engine:8000/health"]).exit_code != 0
     assert proxy.exec_run([*probe, "http://vllm-cpu:8000/health"]).exit_code != 0
+
+
+# --- the operator's path: the model arrives, flags and limits reach their services ------
+
+
+def test_the_model_came_through_the_hub_on_the_pull_path(stack: Stack, hub: Hub) -> None:
+    """The pull step (egress network) downloaded the demo repo from the local hub into the
+    shared cache, in the hub layout; the engine (internal network, offline) serves it."""
+    repo_path = "vllama-test/vllama-demo"
+    served = [r for r in hub.requests if repo_path in r.path and r.status in (200, 206)]
+    assert any(r.path.endswith(".safetensors") and r.bytes > 0 for r in served), served
+    pull = stack.container("pull-cpu")
+    assert list(pull.attrs["NetworkSettings"]["Networks"]) == [f"{stack.project}_egress"]
+    engine = stack.container("vllm-cpu")
+    env = dict(e.split("=", 1) for e in engine.attrs["Config"]["Env"])
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLAMA_ENGINE_MODEL"] == DEMO_REPO
+    snapshot = engine.exec_run(
+        ["sh", "-c", "ls /var/cache/huggingface/hub/models--vllama-test--vllama-demo/snapshots/*/"]
+    )
+    assert snapshot.exit_code == 0 and b"config.json" in snapshot.output, snapshot.output
+    with stack.http() as c:
+        ready = c.get("/health/ready").json()
+    assert {m["id"] for m in ready["models"]} >= {"vllama-demo", "all-minilm"}, ready
+
+
+def test_a_json_valued_engine_flag_reached_vllm_as_one_argument(stack: Stack) -> None:
+    """What runs in the engine container: `vllama engine` exec'd vLLM with the flag's JSON
+    value as a single argv entry (a word-splitting shell would have cut it in three)."""
+    script = (
+        "import json, os\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    if pid.isdigit():\n"
+        "        argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(bytes(1))\n"
+        "        if b'vllm.entrypoints.openai.api_server' in argv:\n"
+        "            print(json.dumps([a.decode() for a in argv if a]))\n"
+        "            break\n"
+    )
+    out = stack.container("vllm-cpu").exec_run(["python3", "-c", script]).output.decode()
+    argv = json.loads(out)
+    i = argv.index("--override-generation-config")
+    assert json.loads(argv[i + 1]) == GENERATION_OVERRIDE, argv
+
+
+def test_a_body_between_the_old_and_new_limit_passes_proxy_and_facade(stack: Stack) -> None:
+    """VLLAMA_MAX_BODY_BYTES raised in .env reaches the proxy and the façade alike: a body
+    above the old default (32 MiB) and below the new limit gets an answer, not a 413."""
+    chat = {"model": "vllama-demo", "messages": [{"role": "user", "content": "hi"}],
+            "stream": False, "options": {"num_predict": 4}}  # fmt: skip
+    head = json.dumps(chat).encode()
+    old_limit = 32 * 1024 * 1024
+    # Trailing JSON whitespace: a big body that is still a small, valid request.
+    body = head + b" " * (old_limit + 1024 * 1024 - len(head))
+    assert old_limit < len(body) < MAX_BODY_BYTES
+    headers = {"content-type": "application/json"}
+    with stack.http(timeout=120) as c:
+        r = c.post("/api/chat", content=body, headers=headers)
+        assert r.status_code == 200, r.text[:500]
+        assert r.json()["done"] is True
+        too_big = c.post("/api/chat", content=head + b" " * MAX_BODY_BYTES, headers=headers)
+    assert too_big.status_code == 413, too_big.text[:300]
 
 
 # --- step 5: the engine dies during a stream ----------------------------------------------
@@ -266,15 +336,15 @@ def test_engine_crash_mid_stream_then_compose_restarts_it(stack: Stack) -> None:
         )
 
     def wait_until_served_again(restarts_before: int) -> None:
-        wait_for("compose restarting the engine",
-                 lambda: restarted_and_healthy(restarts_before), timeout=600, interval=2)  # fmt: skip
+        wait_for(lambda: restarted_and_healthy(restarts_before), "compose restarting the engine",
+                 600, interval=2, errors=NOT_YET)  # fmt: skip
         with stack.http() as c:
-            wait_for("readiness 200 again",
-                     lambda: c.get("/health/ready").status_code == 200, timeout=120)  # fmt: skip
+            wait_for(lambda: c.get("/health/ready").status_code == 200, "readiness 200 again",
+                     120, interval=1, errors=NOT_YET)  # fmt: skip
 
     with stack.http() as c:  # earlier steps may have left the engine briefly marked unhealthy
-        wait_for("readiness 200 before the crash",
-                 lambda: c.get("/health/ready").status_code == 200, timeout=120)  # fmt: skip
+        wait_for(lambda: c.get("/health/ready").status_code == 200,
+                 "readiness 200 before the crash", 120, interval=1, errors=NOT_YET)  # fmt: skip
     last: dict[str, Any] = {}
     for _attempt in range(3):
         engine.reload()
@@ -295,8 +365,8 @@ def test_engine_crash_mid_stream_then_compose_restarts_it(stack: Stack) -> None:
     assert "error" in last and not last.get("done"), f"no error line after the crash: {last}"
 
     with stack.http(timeout=10) as c:
-        wait_for("readiness 503 after the crash",
-                 lambda: c.get("/health/ready").status_code == 503, timeout=60, interval=0.5)  # fmt: skip
+        wait_for(lambda: c.get("/health/ready").status_code == 503,
+                 "readiness 503 after the crash", 60, interval=0.5, errors=NOT_YET)  # fmt: skip
 
     wait_until_served_again(restarts_before)
     with stack.http() as c:

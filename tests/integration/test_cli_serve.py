@@ -18,6 +18,7 @@ import ollama
 import pytest
 
 from tests.engines import Engine
+from tests.procs import wait_for
 from tests.unit.cli.serve_proc import Serve, port_free, run_serve
 from vllama.engine import demo_model
 
@@ -73,14 +74,11 @@ def sigterm_during_streams(serve: Serve, n: int = 4) -> tuple[list[dict[str, Any
     return results, sent
 
 
-def refused_within(url: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            return True
-        time.sleep(0.05)
+def refused(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.TransportError:
+        return True
     return False
 
 
@@ -97,10 +95,12 @@ def test_serve_engine_url(chat_engine: Engine, tmp_path: Path) -> None:
     demo = cache / demo_model.DEMO_MODEL_NAME
     demo.mkdir(parents=True)
     (demo / "vllama-demo.json").write_text(json.dumps({"fingerprint": demo_model._fingerprint()}))
-    with run_serve(
-        ["--engine", chat_engine.url], tmp_path, env={"VLLAMA_DRAIN_TIMEOUT_S": "60"}
-    ) as serve:
-        client = ollama.Client(host=serve.url)
+    with (
+        run_serve(
+            ["--engine", chat_engine.url], tmp_path, env={"VLLAMA_DRAIN_TIMEOUT_S": "60"}
+        ) as serve,
+        ollama.Client(host=serve.url) as client,
+    ):
         reply = client.chat(
             model="vllama-demo",
             messages=[{"role": "user", "content": "hi"}],
@@ -128,7 +128,7 @@ def test_serve_engine_url(chat_engine: Engine, tmp_path: Path) -> None:
         # Soon after SIGTERM (uvicorn acts on it at its next 0.1 s tick, and the tiny model's
         # streams may all be over by then) the listening socket is closed: new clients are
         # refused, whether the façade is still draining or already gone.
-        assert refused_within(f"{serve.url}/health", 10), "still accepting after SIGTERM"
+        wait_for(lambda: refused(f"{serve.url}/health"), "connections refused after SIGTERM", 10)
         assert serve.proc.wait(90) == 0
         assert_streams_completed(results, 4)
         assert max(r["ended"] for r in results) > sent  # they really were in flight
@@ -177,8 +177,10 @@ def test_api_pull_and_delete_go_through_the_model_store(
     cache = tmp_path / "cache"
     with standin_hub(src) as (hub_url, _):
         env = {"HF_ENDPOINT": hub_url, "VLLAMA_CACHE_DIR": str(cache)}
-        with run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve:
-            client = ollama.Client(host=serve.url)
+        with (
+            run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve,
+            ollama.Client(host=serve.url) as client,
+        ):
             events = list(client.pull(REPO, stream=True))
             assert events[0].status == "pulling manifest" and events[-1].status == "success"
             files = {e.status: e for e in events if e.digest}
@@ -195,3 +197,41 @@ def test_api_pull_and_delete_go_through_the_model_store(
             with pytest.raises(ollama.ResponseError) as err:
                 client.delete(REPO)
             assert err.value.status_code == 404
+
+
+def test_api_delete_never_removes_files_an_unreachable_engine_may_serve(
+    chat_engine: Engine, tmp_path: Path
+) -> None:
+    """Issue 13 (data loss): /api/delete asked only the live engines whether a model was in
+    use, and removed the files of one whose engine was down. An engine that never answered
+    may serve anything in the store: delete refuses (409) and the files stay; once every
+    engine is known, a model none of them loads is deleted."""
+    from tests.engines import free_port
+    from tests.unit.cli.hub_standin import REPO, standin_hub
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (src / "model.safetensors").write_bytes(b"\x01" * 50_000)
+    cache = tmp_path / "cache"
+    weights = "models--*/snapshots/*/model.safetensors"
+    dead = f"http://127.0.0.1:{free_port()}"  # configured, down (say, restarting)
+    with standin_hub(src) as (hub_url, _):
+        env = {"HF_ENDPOINT": hub_url, "VLLAMA_CACHE_DIR": str(cache)}
+        args = ["--engine", chat_engine.url, "--engine", dead]
+        with (
+            run_serve(args, tmp_path, env=env) as serve,
+            ollama.Client(host=serve.url) as client,
+        ):
+            assert list(client.pull(REPO, stream=True))[-1].status == "success"
+            with pytest.raises(ollama.ResponseError) as err:
+                client.delete(REPO)
+            assert err.value.status_code == 409 and "in use" in str(err.value)
+            assert any(cache.glob(weights)), "the files of a possibly served model are gone"
+        # Every engine known (the dead one no longer configured): the unserved model goes.
+        with (
+            run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve,
+            ollama.Client(host=serve.url) as client,
+        ):
+            client.delete(REPO)
+            assert not any(cache.glob(weights))

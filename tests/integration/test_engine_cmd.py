@@ -7,17 +7,15 @@ request that names no max_tokens stops at the overridden limit."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.engines import demo_model_dir, free_port, http_ok
+from tests import procs
+from tests.engines import demo_model_dir
+from tests.procs import free_port
 from vllama.engine.launch import ENGINE_MODULE
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -33,29 +31,18 @@ def test_engine_from_the_environment_keeps_json_flags(tmp_path: Path) -> None:
         "--override-generation-config", json.dumps({"max_new_tokens": LIMIT, "temperature": 0}),
     ]  # fmt: skip
     env = {
-        **os.environ,
         "VLLAMA_ENGINE_MODEL": str(demo_model_dir()),
         "VLLAMA_ENGINE_NAME": "vllama-demo",
         "VLLAMA_ENGINE_PORT": str(port),
         "VLLAMA_ENGINE_ARGS": json.dumps(flags),
         "VLLM_CPU_KVCACHE_SPACE": "1",
     }
-    log = (tmp_path / "engine.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllama.cli.main", "engine"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 420
-        while not http_ok(f"http://127.0.0.1:{port}/health"):
-            assert proc.poll() is None, (tmp_path / "engine.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "engine not healthy after 420s"
-            time.sleep(1)
+    cmd = [sys.executable, "-m", "vllama.cli.main", "engine"]
+    url = f"http://127.0.0.1:{port}"
+    engine = procs.start("vllama engine", cmd, tmp_path / "engine.log", url=url, env=env)
+    with procs.running(engine, "/health", 420, grace=60):
         # exec, not a child: the process systemd started is vLLM's server itself.
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{engine.pid}/cmdline").read_bytes().split(b"\0")
         assert ENGINE_MODULE.encode() in cmdline
         body = json.dumps(
             {"model": "vllama-demo", "messages": [{"role": "user", "content": "hello there"}]}
@@ -69,13 +56,3 @@ def test_engine_from_the_environment_keeps_json_flags(tmp_path: Path) -> None:
             answer = json.load(resp)
         assert answer["usage"]["completion_tokens"] == LIMIT, answer
         assert answer["choices"][0]["finish_reason"] == "length"
-    finally:
-        with_group = os.getpgid(proc.pid) if proc.poll() is None else None
-        if with_group is not None:
-            os.killpg(with_group, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()

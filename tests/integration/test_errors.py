@@ -4,13 +4,15 @@ the problem; never a traceback, never HTML, never a hang."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.engines import Engine, free_port
+from tests.engines import Engine
 from tests.facade import run_facade
+from tests.procs import free_port
 
 # func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(120, func_only=True)]
@@ -37,8 +39,9 @@ def ollama_error(resp: httpx.Response, status: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def http(facade_url: str) -> httpx.Client:
-    return httpx.Client(base_url=facade_url, timeout=30)
+def http(facade_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=facade_url, timeout=30) as c:
+        yield c
 
 
 def test_malformed_json(http: httpx.Client) -> None:
@@ -109,6 +112,40 @@ def test_docs_routes_are_off(http: httpx.Client) -> None:
         assert http.get(path).status_code == 404
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError: was a 500 with two tracebacks
+        b'{"model": "vllama-demo", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        b'{"model": "vllama-demo", "max_tokens": ' + b"9" * 5000 + b"}",
+        b'{"model": "vllama-demo", "messages": [], "temperature": NaN}',
+    ],
+)
+def test_hostile_json_is_a_400_on_every_route(http: httpx.Client, raw: bytes) -> None:
+    # Issue 13: deep nesting and odd unicode ended in 500s (and tracebacks in the log).
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        err = openai_error(http.post(path, content=raw), 400)
+        assert "sys.set_int_max_str_digits" not in err["message"]
+    for path in ("/api/chat", "/api/generate", "/api/embed", "/api/show", "/api/copy"):
+        assert "invalid JSON" in ollama_error(http.post(path, content=raw), 400)
+
+
+def test_engine_error_text_is_mapped_to_a_safe_message(http: httpx.Client) -> None:
+    # vLLM's own validation errors keep their words and their field; a pydantic dump (it
+    # echoes the input, internals) becomes field and reason; the full text is in the log.
+    body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 100000}
+    err = openai_error(http.post("/v1/chat/completions", json=body), 400)
+    assert err["param"] == "max_tokens"
+    body = {"model": CHAT, "messages": MESSAGES, "seed": 10**30}
+    err = openai_error(http.post("/v1/chat/completions", json=body), 400)
+    assert err["message"].startswith("invalid field 'seed'") and "\n" not in err["message"]
+    assert "'input'" not in err["message"] and "{'type'" not in err["message"]
+    message = ollama_error(
+        http.post("/api/chat", json={**body, "options": {"seed": 10**30}, "stream": False}), 400
+    )
+    assert "{'type'" not in message and "\n" not in message
+
+
 @pytest.mark.timeout(60, func_only=True)
 def test_dead_engine_is_a_fast_503_in_each_shape() -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -123,7 +160,11 @@ def test_dead_engine_is_a_fast_503_in_each_shape() -> None:
                 http.post("/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES}), 503
             )
             assert err["type"] == "service_unavailable_error"
-            assert CHAT in err["message"]
+            assert CHAT in err["message"] and dead not in err["message"]  # no engine URL
+            no_engine = http.post(
+                "/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES}
+            )
+            assert int(no_engine.headers["retry-after"]) >= 1
             message = ollama_error(
                 http.post("/api/chat", json={"model": CHAT, "messages": MESSAGES}), 503
             )

@@ -39,13 +39,14 @@ _CAPS = {"max_tokens": 8, "max_completion_tokens": 8, "num_predict": 8, "n": 2, 
 
 
 def app_operations() -> set[tuple[str, str]]:
+    """What the app routes (the document describes the APIs, not itself)."""
     from fastapi.routing import APIRoute
 
     app = create_app(Settings())
     return {
         (method, route.path.replace("{model_id:path}", "{model}"))
         for route in app.routes
-        if isinstance(route, APIRoute)
+        if isinstance(route, APIRoute) and route.path != "/openapi.json"
         for method in route.methods
     }
 

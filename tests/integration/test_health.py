@@ -44,3 +44,22 @@ def test_health_needs_no_key(chat_engine: Engine) -> None:
     ) as url:
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         assert httpx.get(f"{url}/health/ready", timeout=10).status_code == 200
+
+
+def test_readiness_without_a_key_says_ready_or_not_and_nothing_more(chat_engine: Engine) -> None:
+    # Issue 13: unauthenticated /health/ready showed engine URLs and model ids.
+    from tests.facade import run_facade
+
+    with run_facade(
+        engines=[{"url": chat_engine.url}], api_keys=[{"key": "sk-ready-k1", "name": "a"}]
+    ) as url:
+        anonymous = httpx.get(f"{url}/health/ready", timeout=10)
+        wrong = httpx.get(f"{url}/health/ready", headers={"x-api-key": "nope"}, timeout=10)
+        keyed = httpx.get(
+            f"{url}/health/ready", headers={"Authorization": "Bearer sk-ready-k1"}, timeout=10
+        )
+    assert anonymous.status_code == wrong.status_code == keyed.status_code == 200
+    assert anonymous.json() == wrong.json() == {"status": "ready"}
+    assert chat_engine.url not in anonymous.text and "vllama-demo" not in anonymous.text
+    details = keyed.json()
+    assert details["status"] == "ready" and details["engines"][0]["url"] == chat_engine.url

@@ -14,8 +14,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 
 from tests.engines import Engine
 from tests.facade import run_facade
+from tests.procs import wait_for
 from tests.scripted_engine import Script, scripted_engine_thread
 from vllama.config import Settings
 from vllama.server.app import create_app
@@ -126,24 +127,34 @@ def test_every_protected_route_needs_a_key(keyed: str) -> None:
             assert c.request(method, path).status_code == 200, path
 
 
-def test_real_clients_with_and_without_a_key(keyed: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_clients_with_and_without_a_key(
+    keyed: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+    clients = ExitStack()
+    request.addfinalizer(clients.close)
     with pytest.raises(ollama.ResponseError) as refused:
-        ollama.Client(host=keyed, timeout=60).list()
+        clients.enter_context(ollama.Client(host=keyed, timeout=60)).list()
     assert refused.value.status_code == 401 and "missing API key" in refused.value.error
-    bad = openai.OpenAI(base_url=f"{keyed}/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    bad = clients.enter_context(
+        openai.OpenAI(base_url=f"{keyed}/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    )
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
 
     monkeypatch.setenv("OLLAMA_API_KEY", ALICE)  # ollama-python sends it as a Bearer token
-    reply = ollama.Client(host=keyed, timeout=60).chat(
+    reply = clients.enter_context(ollama.Client(host=keyed, timeout=60)).chat(
         model=CHAT, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3}
     )
     assert reply.done and (reply.eval_count or 0) > 0
-    headers = ollama.Client(host=keyed, timeout=60, headers={"x-api-key": SOLO})
+    headers = clients.enter_context(
+        ollama.Client(host=keyed, timeout=60, headers={"x-api-key": SOLO})
+    )
     assert len(headers.embed(model=EMBED, input="x").embeddings[0]) == 384
 
-    good = openai.OpenAI(base_url=f"{keyed}/v1", api_key=SOLO, max_retries=0, timeout=60)
+    good = clients.enter_context(
+        openai.OpenAI(base_url=f"{keyed}/v1", api_key=SOLO, max_retries=0, timeout=60)
+    )
     assert CHAT in {m.id for m in good.models.list()}
     done = good.chat.completions.create(
         model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=3
@@ -160,14 +171,6 @@ def metric(url: str, name: str, headers: dict[str, str] | None = None, **labels:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return 0.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -195,7 +198,7 @@ def test_per_key_concurrency_is_429_per_api(keyed: str) -> None:
     alice = {"x-api-key": ALICE}
     embed_body: dict[str, Any] = {"model": EMBED, "input": "x"}
     with held_request(keyed, "/api/chat", solo):
-        wait_until(lambda: in_flight(keyed, "/api/chat", alice) == 1, "the held request")
+        wait_for(lambda: in_flight(keyed, "/api/chat", alice) == 1, "the held request", 10)
         ollama_429 = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=solo, timeout=60)
         openai_429 = httpx.post(f"{keyed}/v1/embeddings", json=embed_body, headers=solo, timeout=60)
         other_key = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=alice, timeout=60)
@@ -206,7 +209,7 @@ def test_per_key_concurrency_is_429_per_api(keyed: str) -> None:
     assert SOLO not in ollama_429.text + openai_429.text
     assert other_key.status_code == 200
     # The slot comes back once the held request is gone.
-    wait_until(lambda: in_flight(keyed, "/api/chat", alice) == 0, "the slot to be released")
+    wait_for(lambda: in_flight(keyed, "/api/chat", alice) == 0, "the slot to be released", 10)
     after = httpx.post(f"{keyed}/api/embed", json=embed_body, headers=solo, timeout=60)
     assert after.status_code == 200 and len(after.json()["embeddings"][0]) == 384
 
@@ -225,15 +228,17 @@ def test_full_queue_is_503_server_busy_then_drains(
     ):
         results: list[httpx.Response] = []
         with held_request(url, "/api/chat"):
-            wait_until(lambda: in_flight(url, "/api/chat") == 1, "the held request")
+            wait_for(lambda: in_flight(url, "/api/chat") == 1, "the held request", 10)
             waiter = threading.Thread(
                 target=lambda: results.append(httpx.post(f"{url}/api/embed", json=body, timeout=60))
             )
             waiter.start()
-            wait_until(lambda: metric(url, "vllama_requests_queued") == 1, "one queued request")
+            wait_for(lambda: metric(url, "vllama_requests_queued") == 1, "one queued request", 10)
             busy = httpx.post(f"{url}/v1/embeddings", json=body, timeout=60)
-            busy_ollama = ollama.Client(host=url, timeout=60)
-            with pytest.raises(ollama.ResponseError) as refused:
+            with (
+                ollama.Client(host=url, timeout=60) as busy_ollama,
+                pytest.raises(ollama.ResponseError) as refused,
+            ):
                 busy_ollama.embed(model=EMBED, input="x")
             tags = httpx.get(f"{url}/api/tags", timeout=10)  # not an inference route
             assert results == []  # still waiting behind the held request
@@ -320,7 +325,7 @@ def test_rate_limit_is_429_with_retry_after_then_passes(
         proxied = c.post("/api/embed", json=body, headers={"X-Forwarded-For": "198.51.100.7"})
         started = time.monotonic()
         passed: list[int] = []
-        wait_until(
+        wait_for(
             lambda: passed.append(c.post("/api/embed", json=body).status_code) or passed[-1] == 200,
             "the bucket to refill",
             timeout=5,
@@ -352,3 +357,122 @@ def test_body_limit_is_413_in_each_shape(chat_engine: Engine, embed_engine: Engi
     assert "content-length" not in streamed.request.headers
     assert "max_body_bytes" in streamed.json()["error"]["message"]
     assert small.status_code == 200
+
+
+OPS = "sk-ops-admin-1f9c"
+
+
+@pytest.fixture(scope="module")
+def with_admins(chat_engine: Engine, embed_engine: Engine) -> Iterator[str]:
+    with run_facade(
+        engines=engines(chat_engine, embed_engine),
+        api_keys=KEYS,
+        admin_keys=[{"name": "ops", "key": OPS}],
+        max_aliases=5,
+    ) as url:
+        yield url
+
+
+def test_client_keys_infer_and_read_admin_keys_also_administer(with_admins: str) -> None:
+    # Issue 13: any client key could pull, delete and rewrite every key's aliases.
+    alice = {"x-api-key": ALICE}
+    ops = {"Authorization": f"Bearer {OPS}"}
+    with httpx.Client(base_url=with_admins, timeout=60) as c:
+        for method, path, body in (
+            ("POST", "/api/pull", {"model": CHAT, "stream": False}),
+            ("POST", "/api/copy", {"source": CHAT, "destination": "mine"}),
+            ("DELETE", "/api/delete", {"model": "mine"}),
+            ("POST", "/api/create", {"model": "x"}),
+            ("POST", "/api/push", {"model": "x"}),
+            ("POST", "/api/blobs/sha256:00", None),
+        ):
+            refused = c.request(method, path, json=body, headers=alice)
+            assert refused.status_code == 403, (path, refused.text)
+            assert "API key 'alice' may run models and read" in refused.json()["error"]
+        assert (
+            c.post(
+                "/api/chat", json={"model": CHAT, "messages": [], "stream": False}, headers=alice
+            ).status_code
+            == 200
+        )
+        assert c.get("/api/tags", headers=alice).status_code == 200
+        # An admin key does what it may; the alias it makes is every key's.
+        assert c.post("/api/pull", json={"model": CHAT, "stream": False}, headers=ops).json() == {
+            "status": "success"
+        }
+        assert (
+            c.post(
+                "/api/copy", json={"source": CHAT, "destination": "team:v1"}, headers=ops
+            ).status_code
+            == 200
+        )
+        names = [m["name"] for m in c.get("/api/tags", headers=alice).json()["models"]]
+        assert "team:v1" in names
+        assert (
+            c.request("DELETE", "/api/delete", json={"model": "team:v1"}, headers=ops).status_code
+            == 200
+        )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bad\r\nname", "../../etc/passwd", "$(id)", "a;rm -rf ~", "x" * 10_000, "café", "ns.x/m"],
+)
+def test_aliases_follow_ollamas_name_rules(with_admins: str, name: str) -> None:
+    ops = {"Authorization": f"Bearer {OPS}"}
+    r = httpx.post(
+        f"{with_admins}/api/copy",
+        json={"source": CHAT, "destination": name},
+        headers=ops,
+        timeout=30,
+    )
+    assert r.status_code == 400 and "invalid model name" in r.json()["error"]
+    tags = httpx.get(f"{with_admins}/api/tags", headers=ops, timeout=30).text
+    assert name not in tags
+
+
+def test_aliases_added_at_runtime_are_bounded(with_admins: str) -> None:
+    # Issue 13: thousands of 10 KB aliases made /api/tags 81 MB.
+    ops = {"Authorization": f"Bearer {OPS}"}
+    with httpx.Client(base_url=with_admins, timeout=30, headers=ops) as c:
+        codes = [
+            c.post("/api/copy", json={"source": CHAT, "destination": f"bulk-{i}"}).status_code
+            for i in range(8)
+        ]
+        over = c.post("/api/copy", json={"source": CHAT, "destination": "bulk-over"})
+        again = c.post("/api/copy", json={"source": EMBED, "destination": "bulk-0"})  # repoint
+        for i in range(8):
+            c.request("DELETE", "/api/delete", json={"model": f"bulk-{i}"})
+        after = c.post("/api/copy", json={"source": CHAT, "destination": "bulk-after"})
+        c.request("DELETE", "/api/delete", json={"model": "bulk-after"})
+    assert codes == [200] * 5 + [400] * 3  # max_aliases=5
+    assert over.status_code == 400 and "max_aliases" in over.json()["error"]
+    assert again.status_code == 200
+    assert after.status_code == 200  # deleting gave the room back
+
+
+def test_a_client_cannot_pick_its_own_priority() -> None:
+    # Issue 13: `priority` in a /v1 body went to vLLM as sent; scheduling is the key's.
+    with (
+        scripted_engine_thread(Script()) as engine,
+        run_facade(
+            engines=[{"url": engine.url}],
+            api_keys=KEYS,
+            health_interval_s=60,
+        ) as url,
+    ):
+        body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "priority": -1000}
+        for headers, expected in (({"x-api-key": ALICE}, None), ({"x-api-key": SOLO}, 5)):
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            assert engine.last_request is not None
+            assert engine.last_request.get("priority") == expected
+            ollama_body = {"model": CHAT, "messages": body["messages"], "stream": False}
+            r = httpx.post(
+                f"{url}/api/chat",
+                json={**ollama_body, "priority": -1000},
+                headers=headers,
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            assert engine.last_request.get("priority") == expected

@@ -77,23 +77,27 @@ def test_json_access_lines(
         )
         assert r.status_code == 200, r.text
         completion = r.json()["message"]["content"]
-        chunks = list(
-            openai.OpenAI(
-                base_url=f"{url}/v1",
-                api_key=KEY,
-                max_retries=0,
-                timeout=60,
-                default_headers={"X-Request-ID": "client-chosen-id-1"},
-            ).chat.completions.create(
-                model=CHAT,
-                messages=[{"role": "user", "content": PROMPT}],
-                max_tokens=4,
-                stream=True,
-                stream_options={"include_usage": True},
+        with openai.OpenAI(
+            base_url=f"{url}/v1",
+            api_key=KEY,
+            max_retries=0,
+            timeout=60,
+            default_headers={"X-Request-ID": "client-chosen-id-1"},
+        ) as client:
+            chunks = list(
+                client.chat.completions.create(
+                    model=CHAT,
+                    messages=[{"role": "user", "content": PROMPT}],
+                    max_tokens=4,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
             )
-        )
-        with pytest.raises(ollama.ResponseError):
-            ollama.Client(host=url, headers={"x-api-key": KEY + "x"}).list()
+        with (
+            ollama.Client(host=url, headers={"x-api-key": KEY + "x"}) as wrong,
+            pytest.raises(ollama.ResponseError),
+        ):
+            wrong.list()
     everything = captured.getvalue()
     lines = access_lines(captured)
 

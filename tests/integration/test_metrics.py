@@ -49,10 +49,14 @@ def get(samples: dict[Sample, float], name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_counts_after_known_traffic(facade: str, chat_engine: Engine) -> None:
+def test_counts_after_known_traffic(
+    facade: str, chat_engine: Engine, request: pytest.FixtureRequest
+) -> None:
     _, before = scrape(facade)
     oc = ollama.Client(host=facade, timeout=60)
     oa = openai.OpenAI(base_url=f"{facade}/v1", api_key="unused", timeout=60, max_retries=0)
+    request.addfinalizer(oc.close)
+    request.addfinalizer(oa.close)
     prompt = completion = 0
     for seed in (1, 2):
         r = oc.chat(

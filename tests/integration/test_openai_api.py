@@ -4,7 +4,7 @@ vLLM engines: what the SDK gets must be what the engine gives when asked directl
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.engines import Engine
+from tests.procs import wait_for
 
 # func_only: the engine fixtures have deadlines of their own (minutes on a busy box).
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(120, func_only=True)]
@@ -22,12 +23,18 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture(scope="module")
-def client(facade_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{facade_url}/v1", api_key="unused", timeout=60, max_retries=0)
+def client(facade_url: str) -> Iterator[openai.OpenAI]:
+    base = f"{facade_url}/v1"
+    with openai.OpenAI(base_url=base, api_key="unused", timeout=60, max_retries=0) as c:
+        yield c
 
 
-def direct(engine: Engine) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{engine.url}/v1", api_key="unused", timeout=60, max_retries=0)
+@pytest.fixture(scope="module")
+def direct(chat_engine: Engine) -> Iterator[openai.OpenAI]:
+    """The chat engine itself, for reference answers."""
+    base = f"{chat_engine.url}/v1"
+    with openai.OpenAI(base_url=base, api_key="unused", timeout=60, max_retries=0) as c:
+        yield c
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -36,7 +43,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 def test_chat_stream_with_usage_matches_the_engine(
-    client: openai.OpenAI, chat_engine: Engine
+    client: openai.OpenAI, direct: openai.OpenAI
 ) -> None:
     # ignore_eos (vLLM): exactly max_tokens both ways, whatever the random model says.
     kwargs: dict[str, Any] = {
@@ -57,7 +64,7 @@ def test_chat_stream_with_usage_matches_the_engine(
     usage = chunks[-1].usage
     assert usage is not None and not chunks[-1].choices
     assert all(c.model == CHAT for c in chunks)
-    ref = direct(chat_engine).chat.completions.create(model=CHAT, **kwargs)
+    ref = direct.chat.completions.create(model=CHAT, **kwargs)
     assert ref.usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (
         ref.usage.prompt_tokens,
@@ -85,7 +92,7 @@ def test_chat_non_streaming(client: openai.OpenAI) -> None:
     assert resp.choices[0].message.role == "assistant"
 
 
-def test_completions(client: openai.OpenAI, chat_engine: Engine) -> None:
+def test_completions(client: openai.OpenAI, direct: openai.OpenAI) -> None:
     kwargs: dict[str, Any] = {
         "prompt": "Once upon a time",
         "max_tokens": 7,
@@ -93,7 +100,7 @@ def test_completions(client: openai.OpenAI, chat_engine: Engine) -> None:
         "extra_body": {"ignore_eos": True},
     }
     resp = client.completions.create(model=CHAT, **kwargs)
-    ref = direct(chat_engine).completions.create(model=CHAT, **kwargs)
+    ref = direct.completions.create(model=CHAT, **kwargs)
     assert resp.model == CHAT and resp.choices[0].text
     assert resp.usage == ref.usage and resp.usage is not None
     assert resp.usage.completion_tokens == 7
@@ -167,10 +174,13 @@ def test_stream_timings_and_tokens_reach_metrics(client: openai.OpenAI, facade_u
     usage = chunks[-1].usage
     assert usage is not None
     # Tokens are counted when the response closes, just after the client saw the end.
-    deadline = time.monotonic() + 5
-    while scrape(facade_url, "vllama_completion_tokens_total", model=CHAT) == completion_before:
-        assert time.monotonic() < deadline, "completion tokens never counted"
-        time.sleep(0.05)
+    wait_for(
+        lambda: (
+            scrape(facade_url, "vllama_completion_tokens_total", model=CHAT) != completion_before
+        ),
+        "completion tokens counted",
+        5,
+    )
     # One TTFT per stream. (Inter-chunk gaps are per network chunk: the engine's events
     # may arrive coalesced, so their count is not asserted.)
     assert scrape(facade_url, ttft[0], **ttft[1]) == ttft_before + 1

@@ -19,18 +19,18 @@ import hashlib
 import json
 import os
 import pty
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import ollama
 import pytest
 
-from tests.engines import Engine, demo_model_dir, embed_model_dir, free_port
+from tests import procs
+from tests.engines import Engine, demo_model_dir, embed_model_dir
 from tests.hub import DEMO_REPO, EMBED_REPO, GATED, MISSING, Hub, repo_commit
+from tests.procs import free_port, wait_for
 from tests.unit.cli.serve_proc import run_serve
 
 pytestmark = pytest.mark.timeout(300)
@@ -133,20 +133,20 @@ def test_interrupted_pull_continues_from_the_partial_file(tmp_path: Path, hub: H
     cache = tmp_path / "cache"
     size = (embed_model_dir() / WEIGHTS).stat().st_size
     with hub.throttled(f"{EMBED_REPO}/resolve/", 8e6):  # 8 MB/s: slow enough to stop mid-file
-        proc = subprocess.Popen(
+        pull = procs.start(
+            "vllama pull",
             [sys.executable, "-m", "vllama.cli.main", "pull", EMBED_REPO, "--json"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=_env(tmp_path, hub.url),
+            tmp_path / "pull.log",
+            environ=_env(tmp_path, hub.url),
             cwd=tmp_path,
         )
-        deadline = time.monotonic() + 120
-        while (part := _partial(cache, EMBED_REPO)) is None or part.stat().st_size < 15 * 2**20:
-            assert proc.poll() is None, "the pull ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no partial file grew past 15 MiB"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)  # as a crash or a lost SSH session would
-        proc.wait(30)
+
+        def grown() -> bool:
+            part = _partial(cache, EMBED_REPO)
+            return part is not None and part.stat().st_size >= 15 * 2**20
+
+        wait_for(grown, "a partial file past 15 MiB", 120, proc=pull)
+        pull.kill()  # as a crash or a lost SSH session would
     part = _partial(cache, EMBED_REPO)
     assert part is not None
     have = part.stat().st_size
@@ -243,8 +243,10 @@ def test_unreachable_hub_names_hf_endpoint(tmp_path: Path) -> None:
 @pytest.mark.engine
 def test_api_pull_on_a_running_facade(tmp_path: Path, hub: Hub, chat_engine: Engine) -> None:
     env = {"VLLAMA_CACHE_DIR": str(tmp_path / "cache"), "HF_ENDPOINT": hub.url}
-    with run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve:
-        client = ollama.Client(host=serve.url, timeout=120)
+    with (
+        run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve,
+        ollama.Client(host=serve.url, timeout=120) as client,
+    ):
         events = list(client.pull(DEMO_REPO, stream=True))
         assert events[0].status == "pulling manifest" and events[-1].status == "success"
         weights = [e for e in events if e.status == f"pulling {WEIGHTS}"]

@@ -1,7 +1,7 @@
 """Shared helpers for tests/ops: repo paths, required system binaries, real daemons.
 
 `binary(name)` fails (never skips) when a Debian package is missing, naming the script that
-installs it. `run_daemon(...)` starts a real server on 127.0.0.1 and stops it by its own pid.
+installs it. `run_daemon(...)` starts a real server on 127.0.0.1 (tests.procs) and stops it.
 `stats_chat_engine` is a chat engine that exports vLLM's Prometheus metrics.
 """
 
@@ -10,16 +10,16 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import procs
 from tests.engines import Engine
+from tests.procs import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -37,46 +37,13 @@ def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def wait_for(
-    check: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes] | None
-) -> None:
-    """Poll `check` until it is true; fail after `timeout` s or when `proc` exits."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
-        time.sleep(0.1)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def run_daemon(cmd: list[str], ready_url: str, log: Path, timeout: float = 30) -> Iterator[None]:
-    """Start a real server, wait until `ready_url` answers 200, stop it (by pid) afterwards."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_for(lambda: http_ok(ready_url), cmd[0], timeout, proc)
-        except (RuntimeError, TimeoutError) as exc:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{exc}; log {log}:\n{tail}") from exc
+    """Start a real server, wait until `ready_url` answers 200, stop it afterwards."""
+    with procs.running(
+        procs.start(Path(cmd[0]).name, cmd, log), lambda: procs.http_ok(ready_url), timeout, 10
+    ):
         yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def has_vllm_metrics(url: str) -> bool:

@@ -2,7 +2,7 @@
 
 The proxies run from the repository's configs exactly as compose and Ansible use them
 (environment variables for every site value), on free 127.0.0.1 ports, with a test CA
-made per session by openssl. Each proxy is started and stopped by its own pid.
+made per session by openssl. Each proxy is started and stopped with tests.procs.
 """
 
 from __future__ import annotations
@@ -10,20 +10,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from tests.engines import CHAT_MODEL, Engine, free_port, start_engine
+from tests import procs
+from tests.engines import CHAT_MODEL, Engine, start_engine
+from tests.procs import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 CADDYFILE = REPO / "proxy" / "caddy" / "Caddyfile"
 NGINX_DIR = REPO / "proxy" / "nginx"
 PROXIES = ("caddy", "nginx")
@@ -91,16 +90,11 @@ class Proxy:
     http_url: str
     metrics_url: str  # the proxy's own metrics endpoint
     access_log: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
 
     def client(self, ca: TestCA, source: str = MONITORING_CLIENT, **kw: object) -> httpx.Client:
         """An HTTPS client trusting the test CA, connecting from `source` (a loopback IP)."""
         transport = httpx.HTTPTransport(verify=ca.context(), local_address=source)
         return httpx.Client(base_url=self.https_url, transport=transport, **kw)  # type: ignore[arg-type]
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
 def proxy_env(
@@ -171,11 +165,7 @@ def run_proxy(
     else:
         cmd = nginx_command(render_nginx(env, state), state)
         metrics_path = "/stub_status"
-    log = state / f"{kind}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=state, start_new_session=True
-        )
+    process = procs.start(kind, cmd, state / f"{kind}.log", env=env, cwd=state)
     https_port = int(env["VLLAMA_PROXY_HTTPS_PORT"])
     proxy = Proxy(
         kind=kind,
@@ -183,24 +173,9 @@ def run_proxy(
         http_url=f"http://localhost:{env['VLLAMA_PROXY_HTTP_PORT']}",
         metrics_url=f"http://127.0.0.1:{env['VLLAMA_PROXY_METRICS_PORT']}{metrics_path}",
         access_log=Path(env["VLLAMA_PROXY_ACCESS_LOG"]),
-        proc=proc,
-        log=log,
     )
-    try:
-        deadline = time.monotonic() + 30
-        while not (_port_open(https_port) and _health_ok(proxy, ca)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} did not start (exit {proc.poll()}):\n{proxy.tail()}")
-            time.sleep(0.1)
+    with procs.running(process, lambda: _port_open(https_port) and _health_ok(proxy, ca), 30, 10):
         yield proxy
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _health_ok(proxy: Proxy, ca: TestCA) -> bool:

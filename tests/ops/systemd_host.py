@@ -1,9 +1,10 @@
 """A real systemd host for the Ansible tests: a container running systemd as PID 1 with
-sshd, built from images/systemd-host on the local Debian base (there is no registry).
+sshd, built from images/helpers/systemd-host on a local Debian base (there is no registry).
 
 `systemd_host(workdir, mounts)` starts one with a fresh SSH key and ports published on
-127.0.0.1, and removes it afterwards. `run_playbook` runs ansible-playbook from .venv-ops
-and parses the play recap.
+127.0.0.1, and removes it afterwards; `suite="trixie"` makes it Debian 13, and
+`nested_docker=True` lets a Docker engine run inside it (compose mode). `run_playbook`
+runs ansible-playbook from .venv-ops and parses the play recap.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.ops.conftest import REPO, run
+from tests.procs import wait_for
 
-IMAGE_DIR = REPO / "images" / "systemd-host"
+IMAGE_DIR = REPO / "images" / "helpers" / "systemd-host"
 ANSIBLE_DIR = REPO / "ops" / "ansible"
 OPS_VENV = REPO / ".venv-ops"
 # Ports the tests reach on the host: SSH, the proxy's HTTPS site, Prometheus.
@@ -43,12 +45,20 @@ def ops_venv() -> Path:
     return OPS_VENV / "bin"
 
 
-def host_image() -> str:
-    """The test host image, built once per Dockerfile and base image."""
+def host_image(suite: str = "bookworm") -> str:
+    """The test host image, built once per Dockerfile and base image (a Debian `suite`)."""
     _checked([str(REPO / "scripts/ensure-docker.sh")], "scripts/ensure-docker.sh", 600)
-    base = _checked(
-        [str(REPO / "ops/local-base-image.sh")], "ops/local-base-image.sh", 900
-    ).splitlines()[-1]
+    res = subprocess.run(
+        [str(REPO / "ops/local-base-image.sh")],
+        env={**os.environ, "VLLAMA_DEBIAN_SUITE": suite},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"ops/local-base-image.sh ({suite}) failed:\n{res.stderr[-3000:]}")
+    base = res.stdout.strip().splitlines()[-1]
     digest = hashlib.sha256((IMAGE_DIR / "Dockerfile").read_bytes() + base.encode()).hexdigest()[
         :12
     ]
@@ -65,7 +75,7 @@ def host_image() -> str:
                 tag,
                 str(IMAGE_DIR),
             ],
-            "building images/systemd-host",
+            "building images/helpers/systemd-host",
             900,
         )
     return tag
@@ -84,46 +94,104 @@ class Host:
     def show(self, unit: str, prop: str) -> str:
         return self.sh(f"systemctl show -p {prop} --value {unit}").stdout.strip()
 
+    def caddy_root_ca(self, dest: Path) -> Path:
+        """The root certificate of the host's Caddy (vllama_proxy, TLS mode internal), copied
+        to `dest` once: clients trust it to reach the proxy over HTTPS."""
+        if not dest.exists():
+            src = f"{self.name}:/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+            subprocess.run(
+                ["docker", "cp", src, str(dest)], check=True, capture_output=True, timeout=60
+            )
+        return dest
+
+
+# What a Docker engine inside the host needs (checked on these machines): network and
+# mount privileges without --privileged, cgroups writable, and /var/lib/docker on a volume
+# (overlay2 does not stack on the container's own overlay root). SYS_PTRACE: runc opens
+# /proc/PID/ns/* of a container's process to `docker exec` into it (healthchecks), which
+# root may do to another user's process only with it; a real host's root has it.
+NESTED_DOCKER_ARGS = [
+    "--cap-add", "NET_ADMIN",
+    "--cap-add", "SYS_PTRACE",
+    "--security-opt", "seccomp=unconfined",
+    "--security-opt", "apparmor=unconfined",
+]  # fmt: skip
+
 
 @contextlib.contextmanager
-def systemd_host(workdir: Path, mounts: dict[Path, str]) -> Iterator[Host]:
-    image = host_image()
+def systemd_host(
+    workdir: Path,
+    mounts: dict[Path, str],
+    *,
+    suite: str = "bookworm",
+    nested_docker: bool = False,
+    ports: tuple[int, ...] = PORTS,
+) -> Iterator[Host]:
+    image = host_image(suite)
     key = workdir / "id_ed25519"
     key.unlink(missing_ok=True)
     _checked(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], "ssh-keygen", 30)
     name = f"vllama-test-host-{uuid.uuid4().hex[:8]}"
     cmd = ["docker", "run", "-d", "--name", name, "--hostname", "testhost"]
     # systemd as PID 1 without --privileged (which fails here): ../shared/MACHINE-NOTES.md.
-    cmd += ["--cap-add", "SYS_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
+    cgroups = "rw" if nested_docker else "ro"
+    cmd += ["--cap-add", "SYS_ADMIN", "-v", f"/sys/fs/cgroup:/sys/fs/cgroup:{cgroups}"]
+    docker_volume = f"{name}-docker"
+    if nested_docker:
+        cmd += [*NESTED_DOCKER_ARGS, "-v", f"{docker_volume}:/var/lib/docker"]
     cmd += ["--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp"]
     # vLLM's shared-memory broadcast needs more than Docker's default 64 MiB /dev/shm.
     cmd += ["--shm-size", "1g"]
     cmd += ["-v", f"{key}.pub:/root/.ssh/authorized_keys:ro"]
     for src, dest in mounts.items():
         cmd += ["-v", f"{src}:{dest}:ro"]
-    for port in PORTS:
+    for port in ports:
         cmd += ["-p", f"127.0.0.1::{port}"]
     _checked([*cmd, image], "docker run (systemd host)", 120)
     try:
-        ports = {}
-        for port in PORTS:
+        published = {}
+        for port in ports:
             out = _checked(["docker", "port", name, str(port)], "docker port", 30)
-            ports[port] = int(out.splitlines()[0].rsplit(":", 1)[1])
-        host = Host(name, ports, key)
-        deadline = time.monotonic() + 120
-        while host.sh("systemctl is-active ssh.service").stdout.strip() != "active":
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"sshd in {name} not active after 120s: {host.sh('systemctl --failed').stdout}"
-                )
-            time.sleep(0.5)
+            published[port] = int(out.splitlines()[0].rsplit(":", 1)[1])
+        host = Host(name, published, key)
+        if nested_docker:
+            # /proc/sys is read-only in a container that is not --privileged: Docker 26
+            # cannot switch IPv6 off on its containers' interfaces and must be told to
+            # carry on (its own error message names this variable). Any docker.service
+            # installed later picks the drop-in up.
+            dropin = "/etc/systemd/system/docker.service.d/vllama-test-host.conf"
+            host.sh(
+                f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\n"
+                f"Environment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\\n' > {dropin}"
+            )
+        try:
+            wait_for(
+                lambda: host.sh("systemctl is-active ssh.service").stdout.strip() == "active",
+                f"sshd in {name} active",
+                120,
+                interval=0.5,
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {host.sh('systemctl --failed').stdout}") from None
         yield host
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
+        if nested_docker:
+            subprocess.run(
+                ["docker", "volume", "rm", "-f", docker_volume],
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
 
 
-def write_inventory(host: Host, path: Path, host_vars: dict[str, object]) -> Path:
-    """One host in every group, reached over SSH on its published port."""
+def write_inventory(
+    host: Host,
+    path: Path,
+    host_vars: dict[str, object],
+    groups: tuple[str, ...] = ("gpu_hosts", "gateway", "monitoring"),
+) -> Path:
+    """One host in each of `groups` (all by default), reached over SSH on its published port."""
     import yaml
 
     hostvars = {
@@ -134,8 +202,10 @@ def write_inventory(host: Host, path: Path, host_vars: dict[str, object]) -> Pat
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
         **host_vars,
     }
-    groups = {g: {"hosts": {"testhost": None}} for g in ("gpu_hosts", "gateway", "monitoring")}
-    path.write_text(yaml.safe_dump({"all": {"hosts": {"testhost": hostvars}, "children": groups}}))
+    children = {g: {"hosts": {"testhost": None}} for g in groups}
+    path.write_text(
+        yaml.safe_dump({"all": {"hosts": {"testhost": hostvars}, "children": children}})
+    )
     return path
 
 

@@ -1,19 +1,22 @@
 """ops/ansible: lint and syntax on every run; then deploy.yml for real, over SSH, against a
-container running systemd as PID 1, in native mode with vLLM's CPU build and the demo model.
+container running systemd as PID 1, in native mode with vLLM's CPU build and the demo model
+pulled from the local hub (tests/hub.py) by the role's pull task.
 
-The deployment is shown end to end: units active, an Ollama chat through the proxy,
+The deployment is shown end to end: vllama installed from the wheel built here (checked by
+sha256), units active with the shared hardening drop-in, an Ollama chat through the proxy
+(the engine's JSON-valued flag applied),
 Prometheus scraping every target, a second run with changed=0, a restart of vllama.target,
-and systemd restarting a killed engine. Compose mode is checked with --syntax-check and
-check mode (there is no Docker in the host).
+and systemd restarting a killed engine. Compose mode runs for real in
+test_ansible_compose.py (a Debian 13 host with its own Docker engine).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from pathlib import Path
 import ollama
 import pytest
 
+from tests.hub import DEMO_REPO, Hub, docker_gateway
 from tests.ops.conftest import REPO, run
 from tests.ops.systemd_host import (
     ANSIBLE_DIR,
@@ -31,6 +35,7 @@ from tests.ops.systemd_host import (
     systemd_host,
     write_inventory,
 )
+from tests.procs import wait_for
 
 ENGINE_UNIT = "vllama-engine@demo.service"
 SERVICES = [
@@ -114,14 +119,7 @@ class Deployment:
 
     def proxy_client(self) -> ollama.Client:
         # Caddy's internal CA (the default TLS mode) signs the proxy's certificate.
-        ca = self.workdir / "caddy-root.crt"
-        if not ca.exists():
-            src = (
-                f"{self.host.name}:/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
-            )
-            subprocess.run(
-                ["docker", "cp", src, str(ca)], check=True, capture_output=True, timeout=60
-            )
+        ca = self.host.caddy_root_ca(self.workdir / "caddy-root.crt")
         return ollama.Client(
             host=f"https://localhost:{self.host.ports[443]}", verify=str(ca), timeout=60
         )
@@ -129,8 +127,8 @@ class Deployment:
 
 def _wheelhouse(workdir: Path) -> Path:
     """vllama's wheel and the venv's exact closure (CPU torch included), made on this machine
-    and hard-linked into a private copy (scripts/build-wheelhouse.sh prunes old ones)."""
-    res = run([str(REPO / "scripts/build-wheelhouse.sh")], timeout=1500)
+    and hard-linked into a private copy (ops/build-wheelhouse.sh prunes old ones)."""
+    res = run([str(REPO / "ops/build-wheelhouse.sh")], timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
     built = Path(res.stdout.strip().splitlines()[-1])
     private = workdir / "wheelhouse"
@@ -138,21 +136,22 @@ def _wheelhouse(workdir: Path) -> Path:
     return private
 
 
+# The JSON-valued flag travels inventory -> flags file -> `vllama engine` -> vLLM whole:
+# a chat that names no limit stops at this many tokens.
+DEFAULT_MAX_TOKENS = 6
+
+
 @pytest.fixture(scope="module")
-def deployed(ansible_bin: Path) -> Iterator[Deployment]:
+def deployed(ansible_bin: Path, hub: Hub) -> Iterator[Deployment]:
     # Under the repo's .cache: hard links into the wheelhouse need the same file system.
     workdir = REPO / ".cache" / "ops-test" / f"ansible-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
         wheelhouse = _wheelhouse(workdir)
+        # The local hub, reached from the host container through the Docker bridge.
+        hub_url = hub.listen(docker_gateway())
         with systemd_host(workdir, {wheelhouse: "/srv/wheelhouse"}) as host:
-            demo = REPO / ".cache" / "models" / "vllama-demo"
-            if not (demo / "config.json").exists():
-                res = run(
-                    [str(REPO / ".venv/bin/python"), "-m", "vllama.engine.demo_model"], timeout=300
-                )
-                assert res.returncode == 0, res.stderr[-2000:]
             inventory = write_inventory(
                 host,
                 workdir / "inventory.yml",
@@ -163,15 +162,29 @@ def deployed(ansible_bin: Path) -> Iterator[Deployment]:
                     # --enforce-eager below: no torch.compile, so no C++ compiler needed.
                     "vllama_host_compiler_packages": [],
                     "vllama_wheelhouse": "/srv/wheelhouse",
+                    # vllama's own wheel, built from this checkout (it is in the wheelhouse).
+                    "vllama_wheel_dir": str(wheelhouse),
+                    "vllama_engines_hf_endpoint": hub_url,
                     "vllama_monitoring_grafana": False,  # not in Debian, no repository here
                     "vllama_monitoring_dcgm": False,
                     "vllama_engines": [
                         {
                             "name": "demo",
-                            "src": str(demo),
+                            "model": DEMO_REPO,  # pulled from the hub before the unit starts
                             "served_name": "vllama-demo",
                             "port": 8001,
-                            "args": "--max-model-len 512 --dtype bfloat16 --disable-log-stats --seed 0 --enforce-eager",
+                            "args": [
+                                "--max-model-len",
+                                "512",
+                                "--dtype",
+                                "bfloat16",
+                                "--disable-log-stats",
+                                "--seed",
+                                "0",
+                                "--enforce-eager",
+                                "--override-generation-config",
+                                json.dumps({"max_new_tokens": DEFAULT_MAX_TOKENS}),
+                            ],
                             "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
                         }
                     ],
@@ -183,21 +196,6 @@ def deployed(ansible_bin: Path) -> Iterator[Deployment]:
             yield Deployment(host, inventory, ansible_bin, first, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait(check: object, what: str, timeout: float) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return
-        except Exception as exc:  # keep polling; the last error goes into the message
-            last = exc
-        time.sleep(1)
-    raise AssertionError(f"{what}: not true after {timeout:.0f}s (last: {last!r})")
 
 
 @pytest.mark.docker
@@ -215,23 +213,60 @@ def test_first_run_leaves_every_service_active(deployed: Deployment) -> None:
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
     # The engine runs as the unprivileged vllama user, the cache owned by it.
     assert deployed.host.show(ENGINE_UNIT, "User") == "vllama"
-    owner = deployed.host.sh("stat -c %U /var/cache/vllama/models/demo").stdout.strip()
+    # The model came from the hub, pulled by the vllama user into the one shared cache.
+    repo_dir = "/var/cache/vllama/huggingface/hub/models--" + DEMO_REPO.replace("/", "--")
+    owner = deployed.host.sh(f"stat -c %U {repo_dir}/snapshots").stdout.strip()
     assert owner == "vllama"
+    assert "Hub models are pulled into the cache as the vllama user" in deployed.first.output
+    # `vllama engine` replaced itself with vLLM's server: systemd's main process is vLLM.
+    pid = deployed.host.show(ENGINE_UNIT, "MainPID")
+    cmdline = deployed.host.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
+    assert (
+        "vllm.entrypoints.openai.api_server" in cmdline
+        and "--served-model-name vllama-demo" in cmdline
+    )
+    # Both units carry the shared hardening drop-in.
+    for unit in ("vllama.service", ENGINE_UNIT):
+        assert "/hardening.conf" in deployed.host.show(unit, "DropInPaths"), unit
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_vllama_is_the_wheel_built_here_verified_by_hash(deployed: Deployment) -> None:
+    """Never `pip install vllama` by name: the venv's vllama was installed from the wheel
+    copied from this checkout (PEP 610 direct_url.json names the file), whose sha256 on the
+    host equals the controller's."""
+    local = next((deployed.workdir / "wheelhouse").glob("vllama-*.whl"))
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    remote = deployed.host.sh(f"sha256sum /opt/vllama/wheels/{local.name}").stdout.split()
+    assert remote and remote[0] == digest
+    direct_url = deployed.host.sh(
+        "cat /opt/vllama/venv/lib/python3*/site-packages/vllama-*.dist-info/direct_url.json"
+    ).stdout
+    assert json.loads(direct_url)["url"] == f"file:///opt/vllama/wheels/{local.name}"
+    assert (
+        "--override-generation-config"
+        in deployed.host.sh("cat /etc/vllama/engines/demo.args").stdout
+    )
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ollama_chat_through_the_proxy(deployed: Deployment) -> None:
-    client = deployed.proxy_client()
-    reply = client.chat(
-        model="vllama-demo",
-        messages=[{"role": "user", "content": "hello"}],
-        options={"num_predict": 8, "temperature": 0},
-    )
+    with deployed.proxy_client() as client:
+        reply = client.chat(
+            model="vllama-demo",
+            messages=[{"role": "user", "content": "hello"}],
+            options={"num_predict": 8, "temperature": 0},
+        )
+        # No limit given: the engine's own default from the JSON-valued flag applies.
+        unlimited = client.chat(model="vllama-demo", messages=[{"role": "user", "content": "hi"}])
+        names = [m.model for m in client.list().models]
     assert reply.done and reply.message.role == "assistant"
     assert reply.eval_count and 0 < reply.eval_count <= 8
-    names = [m.model for m in client.list().models]
+    assert unlimited.eval_count and unlimited.eval_count <= DEFAULT_MAX_TOKENS
     assert any(n and n.startswith("vllama-demo") for n in names), names
 
 
@@ -251,8 +286,8 @@ def test_prometheus_scrapes_every_target(deployed: Deployment) -> None:
         return jobs >= JOBS and all(t["health"] == "up" for t in targets)
 
     try:
-        _wait(all_up, "every Prometheus target up", 120)
-    except AssertionError:
+        wait_for(all_up, "every Prometheus target up", 120, interval=1, errors=(Exception,))
+    except TimeoutError:
         down = [
             (t["scrapeUrl"], t["health"], t["lastError"])
             for t in _targets(deployed)
@@ -274,7 +309,9 @@ def test_second_run_changes_nothing(deployed: Deployment) -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_restarting_the_target_comes_back_healthy(deployed: Deployment) -> None:
+def test_restarting_the_target_comes_back_healthy(
+    deployed: Deployment, request: pytest.FixtureRequest
+) -> None:
     host = deployed.host
     before = {u: host.show(u, "MainPID") for u in ("vllama.service", ENGINE_UNIT)}
     # Blocks until the engine's ExecStartPost has seen /health answer.
@@ -283,7 +320,8 @@ def test_restarting_the_target_comes_back_healthy(deployed: Deployment) -> None:
     after = {u: host.show(u, "MainPID") for u in before}
     assert all(after[u] not in ("0", before[u]) for u in before), (before, after)
     client = deployed.proxy_client()
-    _wait(
+    request.addfinalizer(client.close)
+    wait_for(
         lambda: (
             client.chat(
                 model="vllama-demo",
@@ -293,6 +331,8 @@ def test_restarting_the_target_comes_back_healthy(deployed: Deployment) -> None:
         ),
         "a chat through the proxy after the restart",
         120,
+        interval=1,
+        errors=(Exception,),  # keep polling; the last error goes into the message
     )
 
 
@@ -305,7 +345,7 @@ def test_a_killed_engine_is_restarted_by_systemd(deployed: Deployment) -> None:
     restarts = int(host.show(ENGINE_UNIT, "NRestarts"))
     assert pid != "0"
     assert host.sh(f"kill -9 {pid}").returncode == 0
-    _wait(
+    wait_for(
         lambda: (
             int(host.show(ENGINE_UNIT, "NRestarts")) > restarts
             and host.show(ENGINE_UNIT, "ActiveState") == "active"
@@ -313,25 +353,8 @@ def test_a_killed_engine_is_restarted_by_systemd(deployed: Deployment) -> None:
         ),
         "systemd restarting the killed engine",
         600,
+        interval=1,
+        errors=(Exception,),
     )
     probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8001/health', timeout=5).status)"
     assert host.sh(f'python3 -c "{probe}"').stdout.strip() == "200"
-
-
-@pytest.mark.docker
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_compose_mode_check_run_previews_without_failing(deployed: Deployment) -> None:
-    run_ = run_playbook(
-        deployed.bin_dir,
-        deployed.inventory,
-        "--check",
-        "-e",
-        "vllama_mode=compose",
-        "-e",
-        "vllama_compose_nvidia_toolkit=false",
-    )
-    assert run_.rc == 0 and run_.failed == 0, run_.output[-6000:]
-    # The compose play ran its tasks (a preview, nothing applied: Docker is still absent).
-    assert "vllama_compose : The stack is up and healthy" in run_.output
-    assert deployed.host.sh("command -v dockerd").returncode != 0

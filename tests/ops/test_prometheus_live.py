@@ -29,9 +29,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.engines import Engine, free_port
-from tests.ops.conftest import FIXTURES, MONITORING, binary, run_daemon, wait_for
+from tests.engines import Engine
+from tests.ops.conftest import FIXTURES, MONITORING, binary, run_daemon
 from tests.ops.proxy_helpers import make_test_ca, run_proxy
+from tests.procs import free_port, wait_for
 
 DCGM_RECORDINGS = {
     "rtx4000ada": FIXTURES / "dcgm-exporter-recorded-rtx4000ada.prom",
@@ -72,6 +73,7 @@ def dcgm_recordings() -> Iterator[str]:
         yield f"127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(5)
 
 
@@ -201,7 +203,6 @@ def prometheus(
             lambda: prom.values("count(up == 1)") == [expected],
             f"all {expected} targets up ({prom.query('up == 0')})",
             timeout=60,
-            proc=None,
         )
         yield prom
 
@@ -244,7 +245,6 @@ def scraped_traffic(
         lambda: scraped_after(prometheus, "vllama", t) and scraped_after(prometheus, "vllm", t),
         "a scrape after the first round",
         timeout=30,
-        proc=None,
     )
     for _ in range(3):
         send_traffic(facade_url, direct)
@@ -259,7 +259,7 @@ def scraped_traffic(
         return all(any(v > 0 for v in prometheus.values(e)) for e in positive)
 
     try:
-        wait_for(all_positive, "recorded rates > 0", timeout=40, proc=None)
+        wait_for(all_positive, "recorded rates > 0", timeout=40)
     except TimeoutError as exc:
         got = {e: prometheus.values(e) for e in positive}
         raise AssertionError(f"after traffic, expected every rate > 0, got {got}") from exc
@@ -344,7 +344,8 @@ def test_traffic_shows_in_the_core_panels(scraped_traffic: Prom) -> None:
         prom, 'gpu:dcgm_fb_used:ratio{UUID="GPU-a8394b51-c086-568a-9f1a-c1e1c934c44c"}'
     )
     assert gpu_memory == [pytest.approx(1 / 20016)]
-    managers = json.load(urllib.request.urlopen(f"{prom.url}/api/v1/alertmanagers", timeout=10))
+    with urllib.request.urlopen(f"{prom.url}/api/v1/alertmanagers", timeout=10) as resp:
+        managers = json.load(resp)
     assert managers["data"]["activeAlertmanagers"], "Prometheus found no Alertmanager"
 
 
@@ -408,5 +409,4 @@ def test_engine_down_inhibits_its_symptoms(alertmanager: str) -> None:
         lambda: alert_states(alertmanager) == expected,
         f"inhibition {expected} (got {alert_states(alertmanager)})",
         timeout=20,
-        proc=None,
     )

@@ -41,6 +41,7 @@ from tests.ops.proxy_helpers import (
     run_proxy,
     stats_engine,
 )
+from tests.procs import wait_for
 
 # Generous: the first test may wait for the session engines, the last one starts its own.
 pytestmark = pytest.mark.timeout(600)
@@ -298,13 +299,11 @@ def test_access_log_is_json_with_the_request_id(proxy: Proxy, test_ca: TestCA) -
         generated = client.get("/api/version").headers["x-request-id"]
     assert generated and generated != given
     wanted = {given, generated}
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        logged = {_logged_request_id(e) for e in _access_log_entries(proxy)}
-        if wanted <= logged:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"request ids {wanted} not in {proxy.access_log}: {sorted(map(str, logged))}")
+
+    def logged() -> set[object]:
+        return {_logged_request_id(e) for e in _access_log_entries(proxy)}
+
+    wait_for(lambda: wanted <= logged(), f"request ids {wanted} in {proxy.access_log}", 10)
 
 
 # --- limits with their own façade and proxy -------------------------------------------------
@@ -377,11 +376,12 @@ def _generated_after_hangup(
     with client.stream("POST", "/api/generate", json=body) as resp:
         assert resp.status_code == 200
         next(resp.iter_lines())
-    deadline = time.monotonic() + 30
-    while (counts := engine_counts(engine))[0] != 0:  # vllm:num_requests_running back to 0
-        if time.monotonic() > deadline:
-            pytest.fail(f"engine still running {counts[0]} request(s) 30 s after the hang-up")
-        time.sleep(0.05)
+
+    def idle() -> tuple[int, int] | None:
+        counts = engine_counts(engine)
+        return counts if counts[0] == 0 else None  # vllm:num_requests_running back to 0
+
+    counts = wait_for(idle, "the engine's running requests back to 0 after the hang-up", 30)
     generated = counts[1] - tokens_before
     assert generated > 0, "the engine generated nothing: was the request sent?"
     return generated

@@ -16,9 +16,9 @@ import statistics
 import subprocess
 from contextlib import ExitStack
 
-from tests.engines import REPO
 from tests.perf import procs
 from tests.perf.run import level
+from tests.procs import REPO
 
 LOADS = (  # (API, streamed, concurrency)
     ("openai", False, 1),

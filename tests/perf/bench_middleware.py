@@ -1,5 +1,7 @@
 """The request middleware's own cost per request, called directly (no HTTP, no network):
-median over many calls of (middleware + bare app) − (bare app). Part of `make bench`.
+median over many calls of (middleware + bare app) − (bare app), for a GET and for an
+inference POST (its body read, parsed once, costed, admitted, watched for a client that
+leaves). Part of `make bench`.
 
     python -m tests.perf.bench_middleware
 """
@@ -19,9 +21,24 @@ SCOPE = {
     "type": "http",
     "method": "GET",
     "path": "/api/tags",
-    "headers": [(b"host", b"facade"), (b"user-agent", b"bench"), (b"authorization", b"Bearer k1")],
+    "headers": [
+        (b"host", b"localhost"),
+        (b"user-agent", b"bench"),
+        (b"authorization", b"Bearer k1"),
+    ],
     "client": ("127.0.0.1", 5000),
     "query_string": b"",
+}
+BODY = b'{"model": "vllama-demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
+POST_SCOPE = {
+    **SCOPE,
+    "method": "POST",
+    "path": "/v1/chat/completions",
+    "headers": [
+        *SCOPE["headers"],  # type: ignore[misc]
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(BODY)).encode()),
+    ],
 }
 
 
@@ -34,15 +51,31 @@ async def receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+def receive_body() -> Any:
+    """The body once; then, as uvicorn does, nothing until the client leaves."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()
+        sent = True
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    return receive
+
+
 async def send(message: Any) -> None:
     return None
 
 
-async def median_cost(app: Any, n: int) -> float:
+async def median_cost(app: Any, n: int, post: bool = False) -> float:
+    scope = POST_SCOPE if post else SCOPE
     times = []
     for _ in range(n):
+        recv = receive_body() if post else receive
         t0 = time.perf_counter()
-        await app(dict(SCOPE), receive, send)
+        await app(dict(scope), recv, send)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -50,11 +83,17 @@ async def median_cost(app: Any, n: int) -> float:
 async def measure(rounds: int = 5, n: int = 3000) -> dict[str, float]:
     settings = Settings(api_keys=[ApiKey(key="k1", name="bench")])
     wrapped = RequestContextMiddleware(bare, settings=settings, metrics=Metrics(), keys=None)
-    await median_cost(wrapped, 200)  # create the label children first
-    added = []
-    for _ in range(rounds):  # interleaved, so drift hits both alike
-        added.append(await median_cost(wrapped, n) - await median_cost(bare, n))
-    return {"middleware_added_us_median": round(statistics.median(added) * 1e6, 1)}
+    out = {}
+    for name, post in (
+        ("middleware_added_us_median", False),
+        ("inference_post_added_us_median", True),
+    ):
+        await median_cost(wrapped, 200, post)  # create the label children first
+        added = []
+        for _ in range(rounds):  # interleaved, so drift hits both alike
+            added.append(await median_cost(wrapped, n, post) - await median_cost(bare, n, post))
+        out[name] = round(statistics.median(added) * 1e6, 1)
+    return out
 
 
 def main() -> None:

@@ -18,43 +18,19 @@ import contextlib
 import json
 import random
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import httpx
 import uvloop
 
-from tests.engines import REPO, free_port, http_ok
+from tests.perf import procs
 
 MODEL = "vllama-demo"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
 Client = Callable[[bool], Awaitable[int]]  # one request (stream or not) -> bytes received
-
-
-@contextlib.contextmanager
-def instant_upstream() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.perf.instant_upstream", "--port", str(port)],
-        cwd=str(REPO),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not http_ok(f"{url}/health"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("instant upstream did not start")
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def aiohttp_client(session: aiohttp.ClientSession, url: str) -> Client:
@@ -203,7 +179,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        base = args.engine or stack.enter_context(instant_upstream())
+        base = (
+            args.engine
+            or stack.enter_context(procs.running(procs.instant_upstream(), "/health", 30)).url
+        )
         report = uvloop.run(run(args, base))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,51 +1,38 @@
 """Processes the benchmark starts and measures: the instant upstream, the façade, Nginx as a
-plain reverse proxy, the LiteLLM proxy, a real vLLM engine. Each is started on a free
-127.0.0.1 port and stopped by its own process group."""
+plain reverse proxy, the LiteLLM proxy. Each is started with tests.procs on a free
+127.0.0.1 port (logs in .cache/bench/) and stopped by its own process group; `Measured`
+adds the CPU and memory figures of its process tree."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from tests.engines import REPO, free_port, http_ok
+from tests import procs
+from tests.procs import REPO, free_port, running, upstream_stats
+
+__all__ = [
+    "Measured",
+    "facade",
+    "instant_upstream",
+    "litellm",
+    "nginx",
+    "running",
+    "upstream_stats",
+]
 
 BENCH_DIR = REPO / ".cache" / "bench"
-VENV_BIN = Path(sys.executable).parent
 LITELLM_BIN = REPO / ".venv-bench" / "bin" / "litellm"
 LITELLM_KEY = "sk-bench-0123456789abcdef"  # a local, throwaway master key LiteLLM insists on
 
 
-@dataclass
-class Proc:
-    name: str
-    url: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def wait_ready(self, path: str, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}); see {self.log}")
-            if http_ok(self.url + path):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s; see {self.log}")
-
+class Measured(procs.Proc):
     def _tree(self) -> list[psutil.Process]:
         try:
-            root = psutil.Process(self.popen.pid)
+            root = psutil.Process(self.pid)
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
@@ -68,66 +55,30 @@ class Proc:
                         total_kb += int(line.split()[1])
         return round(total_kb / 1024, 1)
 
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
 
-
-def _spawn(name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
-    BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    port = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 0
-    log = BENCH_DIR / f"{name}.log"
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=str(REPO),
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-    return Proc(name, f"http://127.0.0.1:{port}", popen, log)
-
-
-@contextlib.contextmanager
-def running(proc: Proc, ready_path: str, timeout: float = 120.0) -> Iterator[Proc]:
-    try:
-        proc.wait_ready(ready_path, timeout)
-        yield proc
-    finally:
-        proc.stop()
+def _spawn(name: str, cmd: list[str], port: int, env: dict[str, str] | None = None) -> Measured:
+    url = f"http://127.0.0.1:{port}"
+    return procs.start(name, cmd, BENCH_DIR / f"{name}.log", url=url, env=env, kind=Measured)
 
 
 def instant_upstream(
     chunks: int = 16, break_after: int | None = None, interval_ms: float = 0.0
-) -> Proc:
-    port = free_port()
-    cmd = [sys.executable, "-m", "tests.perf.instant_upstream", "--port", str(port)]
-    cmd += ["--chunks", str(chunks), "--interval-ms", str(interval_ms)]
-    if break_after is not None:
-        cmd += ["--break-after", str(break_after)]
-    return _spawn("instant-upstream", cmd)
+) -> Measured:
+    return procs.instant_upstream(chunks, break_after, interval_ms, logs=BENCH_DIR, kind=Measured)
 
 
-def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -> Proc:
+def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -> Measured:
     """The façade as operators run it: `vllama serve --engine URL` with default settings.
-    `app_dir` (another checkout's `app/`) runs that code instead of the installed one."""
-    port = free_port()
-    cmd = [str(VENV_BIN / "vllama"), "serve", "--engine", engine_url, "--port", str(port)]
+    `app_dir` (another checkout's `app/`) runs that code instead of this one."""
     env = {"VLLAMA_LOG_FORMAT": "json"}
     if app_dir is not None:
         env["PYTHONPATH"] = str(app_dir)
-    return _spawn(name, cmd, env=env)
+    return procs.vllama_serve(
+        ["--engine", engine_url], BENCH_DIR / f"{name}.log", name=name, env=env, kind=Measured
+    )
 
 
-def nginx(*upstream_urls: str, name: str = "nginx") -> Proc:
+def nginx(*upstream_urls: str, name: str = "nginx") -> Measured:
     """Nginx as a plain streaming reverse proxy: the floor for any proxy. Several upstreams
     are balanced by least connections (several façade processes behind one proxy)."""
     port = free_port()
@@ -161,12 +112,10 @@ http {{
   }}
 }}
 """)
-    proc = _spawn(name, ["nginx", "-p", str(prefix), "-c", str(conf)])
-    proc.url = f"http://127.0.0.1:{port}"
-    return proc
+    return _spawn(name, ["nginx", "-p", str(prefix), "-c", str(conf)], port)
 
 
-def litellm(upstream_url: str) -> Proc | None:
+def litellm(upstream_url: str) -> Measured | None:
     """LiteLLM's proxy (what Python users pick today), from its own venv (`make bench` sets it up)."""
     if not LITELLM_BIN.exists():
         return None
@@ -199,13 +148,6 @@ litellm_settings:
             "--num_workers",
             "1",
         ],
+        port,
         env,
     )
-
-
-def upstream_stats(url: str) -> dict[str, float]:
-    """The instant upstream's counters: requests, aborted streams, its CPU seconds."""
-    import json
-
-    with urllib.request.urlopen(url + "/_stats", timeout=5) as resp:
-        return dict(json.loads(resp.read()))

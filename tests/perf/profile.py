@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.engines import REPO
 from tests.perf import procs
 from tests.perf.run import level, machine
+from tests.procs import REPO
 
 PY_SPY = REPO / ".venv-bench" / "bin" / "py-spy"
 RESULTS = REPO / "docs" / "performance-profile.json"

@@ -29,9 +29,10 @@ from typing import Any
 
 import psutil
 
-from tests.engines import REPO, start_engine
+from tests.engines import start_engine
 from tests.perf import procs
 from tests.perf.report import write_report
+from tests.procs import REPO
 from vllama.bench.load import LoadSpec, run_level
 
 MODEL = "vllama-demo"
@@ -75,7 +76,7 @@ def run_interleaved(
     rounds: int,
     duration: float,
     stream_modes: list[bool],
-    facade: procs.Proc,
+    facade: procs.Measured,
     max_tokens: int,
 ) -> dict[str, Any]:
     """Every (mode, concurrency): `rounds` rounds, each running every target once in random order."""

@@ -17,6 +17,7 @@ DESCRIPTIONS: dict[str, str] = {
     "port": "Port of the façade; 11434 is Ollama's, so every Ollama client finds it.",
     "workers": "uvicorn worker processes (1 is right with supervised engines).",
     "max_body_bytes": "Largest request body accepted (413 above it).",
+    "max_image_pixels": "Pixels of one image in a request (its header says); larger ones are a 400.",
     "max_queue": "Requests allowed to wait for a free slot before 503 'server busy'.",
     "max_in_flight": "Concurrent upstream requests before new ones queue.",
     "rate_limit_per_minute": "Per-client requests per minute on inference routes (429 above it); unset: off.",
@@ -25,6 +26,7 @@ DESCRIPTIONS: dict[str, str] = {
     "max_messages": "Chat messages one request may carry (400 above it).",
     "max_images": "Images one request may carry (400 above it).",
     "max_choices": "Largest n / best_of (400 above it); each choice counts against a key's max_concurrency.",
+    "max_aliases": "Aliases /api/copy may add while the server runs (400 above it).",
     "allowed_origins": "Web origins allowed besides Ollama's defaults (like OLLAMA_ORIGINS; '*': any).",
     "allowed_hosts": "Host names accepted while listening on loopback, besides Ollama's local ones ('*': any).",
     "max_header_bytes": "Largest request line + headers (431 above it).",
@@ -78,7 +80,7 @@ _TABLES = """\
 #url = "http://127.0.0.1:8000"
 #models = []                       # empty: discover
 #api_key = "engine-secret"         # if the engine was started with --api-key
-#capabilities = ["tools"]          # what it was started with: tools, thinking, vision
+#capabilities = ["tools"]          # unset: detected (probed); a list overrides: tools, thinking, vision
 
 # Models `vllama serve` starts supervised engines for (like --model).
 #[[models]]

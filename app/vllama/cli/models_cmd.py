@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from vllama.cli.client import facade_url, request_json
@@ -24,6 +25,21 @@ def _ago(unix: float) -> str:
     return "just now"
 
 
+def local_model_dir(name: str) -> Path | None:
+    """The directory `name` points at when it is a path rather than a repo id (absolute or
+    starting with `.`); CliError when no model is there."""
+    if not name.startswith(("/", ".")):
+        return None
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise CliError(
+            f"{name}: no model directory there (no config.json); give a Hugging Face repo "
+            "id (ORG/NAME) or the path of a model directory",
+            FAILED,
+        )
+    return path
+
+
 def _json_line(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
@@ -31,6 +47,17 @@ def _json_line(event: dict[str, Any]) -> None:
 def run_pull(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
     """Progress on a terminal (stderr); with --json one Ollama-style progress object per
     line on stdout, the last one {"status": "success", "name", "revision", "path"}."""
+    # compose's pull step runs on every engine's model: a local directory (the image's demo
+    # model, a mounted folder) is already where the engine reads it.
+    local = local_model_dir(args.name)
+    if local is not None:
+        if args.json:
+            _json_line(
+                {"status": "success", "name": args.name, "revision": None, "path": str(local)}
+            )
+        elif not args.quiet:
+            print(f"{local} is a local model directory: nothing to pull")
+        return OK
     store = ModelStore(settings)
     name = store.resolve(args.name)
     if args.json:

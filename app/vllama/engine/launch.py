@@ -65,11 +65,15 @@ def is_cpu_build() -> bool:
 
 
 def capabilities_from_args(args: Sequence[str]) -> list[str]:
-    """What /api/show should report for an engine started with `args` (vLLM cannot tell)."""
+    """What /api/show should report for an engine started with `args` (vLLM cannot tell).
+
+    Tool calls need --enable-auto-tool-choice: vLLM refuses to start it without a
+    --tool-call-parser, and with a parser alone it refuses `tool_choice: "auto"`.
+    """
     caps: list[str] = []
-    if any(a.startswith(("--tool-call-parser", "--enable-auto-tool-choice")) for a in args):
+    if has_flag(args, "--enable-auto-tool-choice"):
         caps.append("tools")
-    if any(a.startswith("--reasoning-parser") for a in args):
+    if has_flag(args, "--reasoning-parser"):
         caps.append("thinking")
     return caps
 
@@ -135,15 +139,17 @@ class EngineSpec:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
+    source: str | None = None  # what it loads (repo id or path): its files are in use
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def engine_config(self) -> EngineConfig:
+        """The pool's view; its capabilities come from here (the arguments), not probes."""
         caps = [c for c in self.capabilities if c in {"tools", "thinking", "vision"}]
         return EngineConfig.model_validate(
-            {"url": self.url, "models": [self.name], "capabilities": caps}
+            {"url": self.url, "models": [self.name], "capabilities": caps, "source": self.source}
         )
 
 
@@ -154,6 +160,7 @@ def engine_spec(
     *,
     cpu_build: bool,
     demo: bool = False,
+    vision: bool = False,
     host: str = ENGINE_HOST,
     python: str | None = None,
     environ: Mapping[str, str] | None = None,
@@ -162,6 +169,7 @@ def engine_spec(
 ) -> EngineSpec:
     """The command line and environment for the engine that serves `launch`.
 
+    `vision`: the model's files say it reads images (the caller reads them).
     `devices`: the GPUs it may use (CUDA_VISIBLE_DEVICES), as the memory budget placed it.
     `sleep_mode`: vLLM's sleep mode (GPU builds), whose /sleep and /wake_up endpoints
     vLLM 0.32 serves only in its development mode (VLLM_SERVER_DEV_MODE=1): the engine
@@ -210,5 +218,6 @@ def engine_spec(
         port=port,
         command=command,
         env=env,
-        capabilities=capabilities_from_args(args),
+        capabilities=[*capabilities_from_args(args), *(["vision"] if vision else [])],
+        source=model_ref,
     )

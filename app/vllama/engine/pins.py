@@ -1,7 +1,7 @@
 """The one vLLM version every deploy mode runs, and what its CUDA build asks of the driver.
 
 The single source: scripts/setup-venv.sh reads VLLM_VERSION from this file; the CUDA
-image's base tag (images/vllm/Dockerfile), the CPU image's pin (images/vllm-cpu/Dockerfile)
+image's base tag and the CPU image's pin (VLLM_VERSION in images/Dockerfile)
 and Ansible's `vllama_engine_version` repeat it, and tests/unit/engine/test_pins.py fails
 when any of them differs.
 

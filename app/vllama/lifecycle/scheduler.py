@@ -56,6 +56,7 @@ from vllama.lifecycle.memory import (
 )
 from vllama.names import strip_latest
 from vllama.units import format_duration, format_size, parse_size
+from vllama.upstream.capabilities import vision_in_config
 from vllama.upstream.errors import (
     EngineLoadFailed,
     ModelNotFound,
@@ -232,6 +233,7 @@ class EngineScheduler:
             launch.port or self._port(),
             cpu_build=self.cpu_build,
             demo=item.demo,
+            vision=vision_in_config(item.files.config),
             devices=devices if self.gpu else None,
             sleep_mode=self.sleep_wanted,
         )

@@ -333,7 +333,8 @@ def is_served(model: StoredModel, serving: Iterable[str]) -> bool:
 class ApiModelStore:
     """The façade's seam (`app.state.model_store`, the protocol in
     server/routes/ollama/management.py): `/api/pull` streams `pull(name)`, `/api/delete`
-    awaits `delete(name)`. The route has already refused models an engine serves."""
+    awaits `delete(name, serving)`, `serving` being everything a configured engine may
+    serve, reachable or not (EnginePool.possibly_served)."""
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store
@@ -341,9 +342,10 @@ class ApiModelStore:
     def pull(self, name: str) -> AsyncIterator[Progress]:
         return self.store.pull_progress(name)
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, serving: Collection[str] = ()) -> bool:
+        """False: not in the store; ModelInUse when `serving` names it."""
         try:
-            await asyncio.to_thread(self.store.delete, name)
+            await asyncio.to_thread(self.store.delete, name, serving=serving)
         except ModelNotInStore:
             return False
         return True

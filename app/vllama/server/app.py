@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
 
 from vllama import __version__
 from vllama.config import Settings
@@ -25,7 +24,6 @@ from vllama.security.keys import KeyStore
 from vllama.server.errors import install_error_handlers
 from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
-from vllama.server.openapi import document as openapi_document
 from vllama.server.route_table import api_router
 from vllama.upstream.loader import EngineLoader
 from vllama.upstream.pool import EnginePool
@@ -67,13 +65,6 @@ def create_app(settings: Settings, *, loader: EngineLoader | None = None) -> Fas
 
     install_error_handlers(app)
     app.include_router(api_router())
-    if settings.openapi:
-        document = openapi_document()
-
-        async def openapi_json() -> JSONResponse:
-            return JSONResponse(document)
-
-        app.add_api_route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False)
     # add_middleware wraps from the inside out: FastRoutes runs inside the request context.
     app.add_middleware(FastRoutes)
     app.add_middleware(

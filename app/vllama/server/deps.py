@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from vllama.config import Settings
 from vllama.observability.metrics import StreamTimer
+from vllama.server import jsonbody
 from vllama.upstream.pool import EnginePool, ServedModel
 
 
@@ -54,10 +55,35 @@ def upstream_headers(request: Request) -> dict[str, str]:
 
 
 def set_priority(request: Request, body: dict[str, Any]) -> None:
-    """vLLM's priority scheduling: the API key's priority, when it has one."""
+    """vLLM's priority scheduling: the API key's priority, when it has one. A client
+    cannot pick its own (a `priority` it sent is dropped): scheduling is the operator's."""
+    body.pop("priority", None)
     priority = getattr(getattr(request.state, "api_key", None), "priority", None)
     if isinstance(priority, int):
         body["priority"] = priority
+
+
+# Bodies above this are translated and encoded in a worker thread, so that one large
+# legal request does not hold the event loop (and every other request) for its duration.
+LARGE_BODY = 1024 * 1024
+
+
+def is_large(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) > LARGE_BODY
+
+
+async def request_json(request: Request) -> Any:
+    """The body as JSON: parsed once by the middleware (`request.state.json`), else here
+    with the same safe parser. jsonbody.InvalidJson (a message for the client) if it is
+    not acceptable JSON; None for an empty body."""
+    parsed = getattr(request.state, "json", None)
+    if parsed is not None:
+        return parsed
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    return jsonbody.loads(raw)
 
 
 def record_usage(request: Request, model: str, prompt: int, completion: int) -> None:

@@ -78,9 +78,8 @@ def error_response(
 
 
 def upstream_error_response(path: str, exc: UpstreamError) -> Response:
-    """An engine-side failure: its status and message, and Retry-After when it has one."""
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return error_response(path, exc.status, exc.message, headers=headers)
+    """An engine-side failure: its status, message and field, and Retry-After when it has one."""
+    return error_response(path, exc.status, exc.message, param=exc.param, headers=exc.headers())
 
 
 # --- exception handlers (installed by server.app.create_app) ------------------------------

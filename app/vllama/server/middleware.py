@@ -218,15 +218,19 @@ class RequestContextMiddleware:
                     )
                     await send({"type": "http.response.body", "body": b""})
                     return
-            if self.keys.enabled and path not in OPEN_PATHS:
+            if self.keys.enabled:
                 result = self.keys.authenticate(scope["headers"])
                 if isinstance(result, Refused):
-                    if self.metrics is not None:
-                        self.metrics.auth_failure(api)
-                    await refuse(401, result.reason, (b"www-authenticate", b"Bearer"))
-                    return
-                key = result
-                state["api_key"] = key
+                    if path not in OPEN_PATHS:
+                        if self.metrics is not None:
+                            self.metrics.auth_failure(api)
+                        await refuse(401, result.reason, (b"www-authenticate", b"Bearer"))
+                        return
+                else:  # open paths take a key too: /health/ready shows details to it
+                    key = result
+                    state["api_key"] = key
+            # Who may see details (engines, models): anyone while keys are off.
+            state["authenticated"] = key is not None or not self.keys.enabled
             if route in ADMIN_ROUTES and not self.keys.is_admin(key):
                 await refuse(403, self._not_admin(key))
                 return

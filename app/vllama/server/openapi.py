@@ -315,6 +315,18 @@ def _op(
     return op
 
 
+def _v1(summary: str, body: str, *, stream: bool = True) -> Schema:
+    """A /v1 inference operation: the body passes to vLLM, the answer comes back as is."""
+    return _op(
+        summary,
+        body=body,
+        ok=_json(_ref("OpenAIObject")),
+        shape="OpenAIError",
+        tags=("openai",),
+        stream=stream,
+    )
+
+
 def _path_param(name: str, description: str) -> Schema:
     return {
         "name": name,
@@ -391,33 +403,11 @@ def document() -> Schema:
             ),
         },
         "/v1/chat/completions": {
-            "post": _op(
-                "OpenAI chat completions, passed to vLLM",
-                body="ChatCompletionRequest",
-                ok=_json(_ref("OpenAIObject")),
-                shape="OpenAIError",
-                tags=v1,
-                stream=True,
-            )
+            "post": _v1("OpenAI chat completions, passed to vLLM", "ChatCompletionRequest")
         },
-        "/v1/completions": {
-            "post": _op(
-                "OpenAI completions, passed to vLLM",
-                body="CompletionRequest",
-                ok=_json(_ref("OpenAIObject")),
-                shape="OpenAIError",
-                tags=v1,
-                stream=True,
-            )
-        },
+        "/v1/completions": {"post": _v1("OpenAI completions, passed to vLLM", "CompletionRequest")},
         "/v1/embeddings": {
-            "post": _op(
-                "OpenAI embeddings, passed to vLLM",
-                body="EmbeddingRequest",
-                ok=_json(_ref("OpenAIObject")),
-                shape="OpenAIError",
-                tags=v1,
-            )
+            "post": _v1("OpenAI embeddings, passed to vLLM", "EmbeddingRequest", stream=False)
         },
         "/v1/models": {
             "get": _op(

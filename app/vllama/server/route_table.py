@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from vllama.server.routes import health, metrics, openai
+from vllama.server.routes.docs import openapi_json
 from vllama.server.routes.ollama import chat_generate, embeddings, listing, management
 
 GET = ("GET",)
@@ -31,7 +32,8 @@ class Route:
     # argument: the request) dispatched by FastRoutes without FastAPI's machinery.
     inference: bool = False
     open: bool = False  # answered without an API key: clients probe it before they have one
-    admin: bool = False  # changes the model store or routing: admin keys only (when keys are on)
+    # Changes the model store or routing: needs an admin key when keys are configured.
+    admin: bool = False
     label: str | None = None  # the metrics/log `route` label, when not the path itself
 
     @property
@@ -67,6 +69,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/health", GET, health.health, open=True),
     Route("/health/ready", GET, health.ready, open=True),
     Route("/metrics", GET, metrics.metrics),
+    Route("/openapi.json", GET, openapi_json),  # 404 unless `openapi = true`
 )
 
 
@@ -75,11 +78,11 @@ def _templated(route: Route) -> bool:
 
 
 INFERENCE_ROUTES = frozenset(r.path for r in ROUTES if r.inference)
+# By route label (a template for templated paths), as the middleware checks them.
+ADMIN_ROUTES = frozenset(r.route_label for r in ROUTES if r.admin)
 OPEN_PATHS = frozenset(r.path for r in ROUTES if r.open)
-ADMIN_ROUTES = frozenset(r.path for r in ROUTES if r.admin)
 # Route label values of exact paths; templated ones are matched by the prefix before `{`.
-# /openapi.json is added by create_app when `openapi = true`.
-KNOWN_ROUTES = frozenset(r.path for r in ROUTES if not _templated(r)) | {"/openapi.json"}
+KNOWN_ROUTES = frozenset(r.path for r in ROUTES if not _templated(r))
 PREFIX_ROUTES = tuple(
     dict.fromkeys((r.path.split("{", 1)[0], r.route_label) for r in ROUTES if _templated(r))
 )

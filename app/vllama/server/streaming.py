@@ -89,6 +89,7 @@ class UpstreamStream:
         self, events: contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]
     ) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)  # bounded: backpressure
+        self._failed: Exception | None = None  # met by `batch` after events: raised next
         self._task = asyncio.create_task(self._run(events))
 
     async def _run(
@@ -104,6 +105,9 @@ class UpstreamStream:
 
     async def next(self) -> Any:
         """The next event, `END`, or the upstream's exception raised here."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         item = await self._queue.get()
         if isinstance(item, _Failure):
             raise item.exc
@@ -116,7 +120,11 @@ class UpstreamStream:
         """
         items = [await self.next()]
         while items[-1] is not END and not self._queue.empty():
-            items.append(await self.next())
+            try:
+                items.append(await self.next())
+            except Exception as exc:  # the events before it still go out first
+                self._failed = exc
+                break
         return items
 
     async def close(self) -> None:

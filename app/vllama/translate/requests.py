@@ -15,6 +15,7 @@ from vllama.translate.fields import (
     opt_str,
     require_object,
 )
+from vllama.translate.images import image_part
 from vllama.translate.options import max_tokens, parse_options, sampling_params
 from vllama.translate.types import ModelTraits, UpstreamCall
 
@@ -28,27 +29,12 @@ _ROLES = ("system", "user", "assistant", "tool")
 # --- shared pieces ------------------------------------------------------------------------
 
 
-def image_part(data: Any, field: str) -> dict[str, Any]:
-    """A base64 image (Ollama) → an OpenAI image_url part with a data URL."""
-    if not isinstance(data, str) or not data:
-        raise TranslationError(f'"{field}" must be a base64 string', field)
-    if data.startswith("data:"):
-        url = data
-    else:
-        mime = "image/jpeg"
-        for prefix, kind in (("iVBORw0KGgo", "png"), ("R0lGOD", "gif"), ("UklGR", "webp")):
-            if data.startswith(prefix):
-                mime = f"image/{kind}"
-        url = f"data:{mime};base64,{data}"
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
-def _images(raw: Any, field: str) -> list[dict[str, Any]]:
+def _images(raw: Any, field: str, model: ModelTraits) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise TranslationError(f'"{field}" must be an array of base64 strings', field)
-    return [image_part(img, f"{field}[{i}]") for i, img in enumerate(raw)]
+    return [image_part(img, f"{field}[{i}]", model.max_image_pixels) for i, img in enumerate(raw)]
 
 
 def _content(text: str, images: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
@@ -69,17 +55,32 @@ def response_format(raw: Any) -> dict[str, Any] | None:
     raise TranslationError('"format" must be "json" or a JSON schema object', "format")
 
 
-def thinking_fields(raw: Any) -> dict[str, Any]:
-    """`think` → chat_template_kwargs.enable_thinking (+ reasoning_effort for a level)."""
+def thinking_fields(body: dict[str, Any], model: ModelTraits) -> dict[str, Any]:
+    """`think` → chat_template_kwargs.enable_thinking (+ reasoning_effort for a level).
+
+    As Ollama (server/routes.go): thinking asked of a model that cannot think (here: its
+    engine has no reasoning parser) is a 400; `think: false` is accepted by every model.
+    Omitted, the engine's default applies (its --default-chat-template-kwargs, else the
+    chat template's).
+    """
+    raw = body.get("think")
     if raw is None:
         return {}
-    if isinstance(raw, bool):
-        return {"chat_template_kwargs": {"enable_thinking": raw}}
-    if isinstance(raw, str) and raw in _THINK_LEVELS:
-        return {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": raw}
-    raise TranslationError(
-        'invalid think value: use true, false, "low", "medium", "high" or "max"', "think"
-    )
+    if not isinstance(raw, bool) and not (isinstance(raw, str) and raw in _THINK_LEVELS):
+        raise TranslationError(
+            'invalid think value: use true, false, "low", "medium", "high" or "max"', "think"
+        )
+    if raw is False:
+        return {"chat_template_kwargs": {"enable_thinking": False}}
+    if "thinking" not in model.capabilities:
+        raise TranslationError(
+            f'"{model_name(body)}" does not support thinking: its engine has no reasoning '
+            "parser (start vLLM with --reasoning-parser), or send think: false",
+            "think",
+        )
+    if raw is True:
+        return {"chat_template_kwargs": {"enable_thinking": True}}
+    return {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": raw}
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
@@ -121,10 +122,36 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
-def chat_messages(raw: Any) -> list[dict[str, Any]]:
+class _PendingCalls:
+    """The calls of the last assistant message not yet answered by a tool message.
+
+    Ollama clients often send tool results without the call's id (ollama-python 0.6 drops
+    `id` and `tool_call_id`; LangChain's results reach the façade that way): a result is
+    paired with the first unanswered call of its `tool_name`, else with the first unanswered
+    call, so that templates and engines that match results to calls by id see the right one.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, str]] = []  # (name, id), in the order they were made
+
+    def reset(self, calls: list[dict[str, Any]]) -> None:
+        self._calls = [(c["function"]["name"], c["id"]) for c in calls]
+
+    def answer(self, call_id: str | None, name: str | None) -> str | None:
+        for pos, (call_name, known_id) in enumerate(self._calls):
+            if (call_id and known_id == call_id) or (
+                not call_id and (not name or call_name == name)
+            ):
+                del self._calls[pos]
+                return known_id
+        return call_id
+
+
+def chat_messages(raw: Any, model: ModelTraits | None = None) -> list[dict[str, Any]]:
     messages = opt_list({"messages": raw}, "messages") or []
+    model = model or ModelTraits()
     out: list[dict[str, Any]] = []
-    ids_by_name: dict[str, str] = {}  # tool_name → the id of the last call of that tool
+    pending = _PendingCalls()
     n_calls = 0
     for i, msg in enumerate(messages):
         field = f"messages[{i}]"
@@ -137,22 +164,21 @@ def chat_messages(raw: Any) -> list[dict[str, Any]]:
         text = opt_str(msg, "content", f"{field}.content") or ""
         item: dict[str, Any] = {
             "role": role,
-            "content": _content(text, _images(msg.get("images"), f"{field}.images")),
+            "content": _content(text, _images(msg.get("images"), f"{field}.images", model)),
         }
         calls = opt_list(msg, "tool_calls", f"{field}.tool_calls")
         if role == "assistant" and calls:
             item["tool_calls"] = []
             for j, call in enumerate(calls):
-                converted = _tool_call_out(call, f"{field}.tool_calls[{j}]", n_calls)
+                item["tool_calls"].append(_tool_call_out(call, f"{field}.tool_calls[{j}]", n_calls))
                 n_calls += 1
-                ids_by_name[converted["function"]["name"]] = converted["id"]
-                item["tool_calls"].append(converted)
+            pending.reset(item["tool_calls"])
         if role == "tool":
             name = opt_str(msg, "tool_name", f"{field}.tool_name")
             call_id = opt_str(msg, "tool_call_id", f"{field}.tool_call_id")
             if name:
                 item["name"] = name
-            item["tool_call_id"] = call_id or ids_by_name.get(name or "") or f"call_{n_calls}"
+            item["tool_call_id"] = pending.answer(call_id, name) or f"call_{n_calls}"
         out.append(item)
     return out
 
@@ -164,13 +190,13 @@ def chat_request(body: Any, model: ModelTraits) -> UpstreamCall:
     options = _sampling(body)
     keep_alive_seconds(body)  # accepted (vLLM keeps models loaded); only its type is checked
     opt_bool(body, "stream")
-    out: dict[str, Any] = {"messages": chat_messages(body.get("messages"))}
+    out: dict[str, Any] = {"messages": chat_messages(body.get("messages"), model)}
     out.update(sampling_params(options))
     if (n := max_tokens(options)) is not None:
         out["max_tokens"] = n
     if (fmt := response_format(body.get("format"))) is not None:
         out["response_format"] = fmt
-    out.update(thinking_fields(body.get("think")))
+    out.update(thinking_fields(body, model))
     tools = _tools(body.get("tools"))
     if tools:
         out["tools"] = tools
@@ -203,7 +229,7 @@ def generate_request(body: Any, model: ModelTraits) -> UpstreamCall:
     raw = bool(opt_bool(body, "raw"))
     opt_str(body, "template")  # a Go template cannot be applied by vLLM: accepted, ignored
     opt_list(body, "context")  # deprecated conversational memory: tolerated, ignored
-    images = _images(body.get("images"), "images")
+    images = _images(body.get("images"), "images", model)
     params = sampling_params(options)
     fmt = response_format(body.get("format"))
     if raw or suffix:
@@ -231,7 +257,7 @@ def generate_request(body: Any, model: ModelTraits) -> UpstreamCall:
         out["max_tokens"] = limit
     if fmt is not None:
         out["response_format"] = fmt
-    out.update(thinking_fields(body.get("think")))
+    out.update(thinking_fields(body, model))
     out["stream"] = True
     out["stream_options"] = {"include_usage": True}
     return UpstreamCall("/v1/chat/completions", out, True)

@@ -22,6 +22,8 @@ class ModelTraits:
 
     max_model_len: int | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    # The façade's limit on one image's pixels (settings.max_image_pixels); None: none.
+    max_image_pixels: int | None = None
 
 
 @dataclass(frozen=True)

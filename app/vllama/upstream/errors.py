@@ -1,8 +1,7 @@
 """What can go wrong upstream, as exceptions that carry the answer for the client.
 
 Every subclass has `status` (the HTTP status to answer with), `message` (said to the
-client, in the path's API shape) and `kind` (the `vllama_upstream_errors_total` label);
-`retry_after` (seconds), when set, is sent as a Retry-After header.
+client, in the path's API shape) and `kind` (the `vllama_upstream_errors_total` label).
 """
 
 from __future__ import annotations
@@ -33,6 +32,9 @@ class UpstreamError(Exception):
             self.kind = kind
         if retry_after is not None:
             self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
 
 
 class ModelNotFound(UpstreamError):

@@ -36,7 +36,7 @@ import aiohttp
 
 from vllama.config import EngineConfig, Settings
 from vllama.names import library_target, strip_latest
-from vllama.upstream import discovery
+from vllama.upstream import capabilities, discovery
 from vllama.upstream.aliases import Aliases
 from vllama.upstream.balancer import LeastOutstanding
 from vllama.upstream.breaker import BreakerState, CircuitBreaker
@@ -109,12 +109,22 @@ class Engine:
         self.healthy = False
         self.outstanding = 0
         self.kind: str | None = None  # "completion"/"embedding" once known
+        # What the probes found (None: not probed since the engine last came up).
+        self.detected: capabilities.Detected | None = None
+
+    @property
+    def wants_probe(self) -> bool:
+        """Capabilities not given in the config, and not all known yet."""
+        declared = self.config.capabilities is not None
+        return not declared and (self.detected is None or not self.detected.complete)
 
     def capabilities(self, card: discovery.ModelCard) -> frozenset[str]:
-        declared: set[str] = set(self.config.capabilities)
-        if not declared & {"completion", "embedding"}:
-            declared.add(card.kind or self.kind or "completion")
-        return frozenset(declared)
+        caps: set[str] = set(self.config.capabilities or ())
+        if self.config.capabilities is None and self.detected is not None:
+            caps |= self.detected.capabilities
+        if not caps & {"completion", "embedding"}:
+            caps.add(card.kind or self.kind or "completion")
+        return frozenset(caps)
 
 
 class EnginePool:
@@ -128,7 +138,8 @@ class EnginePool:
         self._settings = settings
         self._metrics = metrics
         self._model_config = model_config  # None: kinds come from the engines alone
-        self.aliases = Aliases(settings.aliases)  # configured, plus /api/copy's at runtime
+        # Configured, plus /api/copy's at runtime (bounded by max_aliases).
+        self.aliases = Aliases(settings.aliases, limit=settings.max_aliases)
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
         self._balancer = LeastOutstanding()
@@ -279,6 +290,30 @@ class EnginePool:
                     return card
             raise
 
+    def possibly_served(self) -> tuple[set[str], list[str]]:
+        """What any configured engine may be serving, reachable or not: model ids, aliases
+        of them, and what the engines load (discovered roots, configured sources); and the
+        engines that cannot tell (never discovered, nothing configured about their files).
+
+        Deleting files must consult this, never only the live engine list: an engine that
+        is down right now still serves its files when it comes back.
+        """
+        names: set[str] = set()
+        unknown: list[str] = []
+        for e in self._engines:
+            names.update(e.config.models)
+            if e.config.source:
+                names.add(e.config.source)
+            if e.cards is not None:
+                for card in e.cards:
+                    names.add(card.id)
+                    if card.root:
+                        names.add(card.root)
+            elif not e.config.source:
+                unknown.append(e.url)
+        names.update(alias for alias, target in self.aliases.items() if target in names)
+        return names, unknown
+
     def resolve(self, name: str) -> ServedModel:
         target = self.aliases.resolve(name)
         # A configured or copied alias, the name as served, then Ollama's library name.
@@ -375,6 +410,7 @@ class EnginePool:
             engine.breaker.record_failure()
             if was_healthy:
                 log.warning("engine %s failed its health check", engine.url)
+                engine.detected = None  # it may come back with other flags: probe again
             return
         if engine.breaker.state is BreakerState.HALF_OPEN:
             # Health-checked back in. A passing health check is not a served request: in
@@ -405,6 +441,15 @@ class EnginePool:
                 )
                 for c in cards
             ]
+        if engine.kind != "embedding" and cards and engine.wants_probe:
+            engine.detected = await capabilities.detect(
+                self.session, engine.url, cards[0].id, self._auth(engine), timeout
+            )
+            log.info(
+                "engine %s capabilities detected: %s",
+                engine.url,
+                ", ".join(sorted(engine.detected.capabilities)) or "none beyond completion",
+            )
         engine.cards = cards
         self._rebuild()
 
@@ -560,6 +605,14 @@ class EnginePool:
         message, param = safe_engine_message(resp.status, text)
         return EngineHTTPError(resp.status, message, param=param)
 
+    async def _encode(
+        self, model: ServedModel, body: dict[str, Any], large: bool, **extra: Any
+    ) -> bytes:
+        """The upstream body; a large one is encoded in a worker thread (event loop free)."""
+        if large:
+            return await asyncio.to_thread(self._json_body, model, body, **extra)
+        return self._json_body(model, body, **extra)
+
     def _json_body(self, model: ServedModel, body: dict[str, Any], **extra: Any) -> bytes:
         return json.dumps({**body, "model": model.id, **extra}, ensure_ascii=False).encode()
 
@@ -574,8 +627,9 @@ class EnginePool:
         body: dict[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        large: bool = False,
     ) -> dict[str, Any]:
-        data = self._json_body(model, body)
+        data = await self._encode(model, body, large)
         async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
@@ -597,8 +651,9 @@ class EnginePool:
         body: dict[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        large: bool = False,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        data = self._json_body(model, body, stream=True)
+        data = await self._encode(model, body, large, stream=True)
         async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)

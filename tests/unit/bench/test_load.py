@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.perf import procs
+from tests import procs
 from vllama.bench.load import LoadSpec, build_request, run_level
 
 

@@ -1,32 +1,29 @@
-"""Run `vllama serve` as a real subprocess for the CLI and supervisor tests: its own
-config dir and working dir (no stray vllama.toml), output to a file, and helpers to find
-its engine processes and to check that nothing is left behind."""
+"""`vllama serve` as a real subprocess for the CLI and supervisor tests: its own config dir
+and working dir (no stray vllama.toml), output to a file, and helpers to find its engine
+processes and to check that nothing is left behind."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from tests.engines import free_port, http_ok
+from tests import procs
 
 
-@dataclass
-class Serve:
-    proc: subprocess.Popen[bytes]
-    url: str
-    port: int
-    output: Path
+class Serve(procs.Proc):
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:  # what the tests signal and wait for
+        return self.popen
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def text(self) -> str:
-        return self.output.read_text(errors="replace")
+        return self.log.read_text(errors="replace")
 
     def children(self) -> list[int]:
         """Direct children (the supervised engines' group leaders)."""
@@ -35,7 +32,7 @@ class Serve:
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
                     stat = (entry / "stat").read_text()
-                    if int(stat[stat.rfind(")") + 2 :].split()[1]) == self.proc.pid:
+                    if int(stat[stat.rfind(")") + 2 :].split()[1]) == self.pid:
                         out.append(int(entry.name))
         return out
 
@@ -55,50 +52,24 @@ def port_free(port: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def run_serve(
-    args: list[str], tmp: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 60
-) -> Iterator[Serve]:
-    port = free_port()
-    output = tmp / "serve.out"
-    full_env = {
-        **os.environ,
+def start_serve(args: list[str], tmp: Path, *, env: dict[str, str] | None = None) -> Serve:
+    """Started, not waited for."""
+    env = {
         "XDG_CONFIG_HOME": str(tmp / "xdg"),
         "VLLAMA_LOG_DIR": str(tmp / "logs"),
         "VLLAMA_LOG_FORMAT": "text",
         **(env or {}),
     }
-    with output.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vllama.cli.main", "serve", "--port", str(port), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=tmp,
-            start_new_session=True,
-        )
-    serve = Serve(proc, f"http://127.0.0.1:{port}", port, output)
+    return procs.vllama_serve(args, tmp / "serve.out", env=env, cwd=tmp, kind=Serve)
+
+
+@contextlib.contextmanager
+def run_serve(
+    args: list[str], tmp: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 60
+) -> Iterator[Serve]:
+    serve = start_serve(args, tmp, env=env)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while not http_ok(f"{serve.url}/health"):
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"vllama serve exited with {proc.returncode}:\n{serve.text()[-3000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"vllama serve not up after {ready_timeout:.0f}s:\n{serve.text()[-3000:]}"
-                )
-            time.sleep(0.2)
+        serve.wait_ready("/health", ready_timeout)
         yield serve
-    finally:
-        if proc.poll() is None:  # the test failed early: stop everything it started
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in [proc.pid, *serve.children()]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pid, signal.SIGKILL)
-                proc.wait(10)
+    finally:  # a test that failed early: stop everything it started
+        serve.stop(grace=60, stragglers=serve.children)

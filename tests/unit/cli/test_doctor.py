@@ -120,7 +120,7 @@ def test_engines_and_config() -> None:
 def test_real_run_reports_a_dead_engine_and_a_taken_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.engines import free_port
+    from tests.procs import free_port
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))

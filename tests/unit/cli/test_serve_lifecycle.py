@@ -8,83 +8,62 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.engines import free_port
-from tests.unit.cli.serve_proc import port_free
+from tests.procs import wait_for
+from tests.unit.cli.serve_proc import Serve, port_free, start_serve
 from vllama.cli.progress import LoadProgress
 from vllama.engine.supervisor import group_alive
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def serve(tmp: Path, engine_script: str) -> tuple[subprocess.Popen[str], int]:
+def serve(tmp: Path, engine_script: str) -> Serve:
     fake = tmp / "fake-python"
     fake.write_text(f"#!/bin/sh\n{engine_script}\n")
     fake.chmod(0o755)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllama.cli.main",
-            "serve",
-            "--model",
-            str(tmp),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp,
-        env={
-            **os.environ,
-            "XDG_CONFIG_HOME": str(tmp / "xdg"),
-            "VLLAMA_ENGINE_PYTHON": str(fake),
-            "VLLAMA_LOG_DIR": str(tmp / "logs"),
-            "VLLAMA_ENGINE_GRACE_S": "2",
-        },
-    )
-    return proc, port
+    env = {"VLLAMA_ENGINE_PYTHON": str(fake), "VLLAMA_ENGINE_GRACE_S": "2"}
+    return start_serve(["--model", str(tmp)], tmp, env=env)
 
 
 def test_engine_dying_while_loading_exits_3_with_its_log(tmp_path: Path) -> None:
-    proc, port = serve(tmp_path, 'echo "ValueError: no such model $@"; exit 1')
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 3, out
+    proc = serve(tmp_path, 'echo "ValueError: no such model $@"; exit 1')
+    code, out = proc.popen.wait(60), proc.text()
+    assert code == 3, out
     assert "exited with code 1 while loading" in out
     assert "ValueError: no such model -m vllm.entrypoints.openai.api_server" in out  # log tail
-    assert port_free(port)
+    assert port_free(proc.port)
+
+
+def sleeping_engine_pgid(parent: int) -> int | None:
+    """The process group of `parent`'s `sleep 300` engine (ours only: other test runs on
+    this machine may sleep the same way)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+            if cmd.startswith(b"sleep\x00300") and ppid == parent:
+                return os.getpgid(int(entry.name))
+    return None
 
 
 def test_sigterm_while_loading_stops_the_engine(tmp_path: Path) -> None:
-    proc, port = serve(tmp_path, "echo loading; exec sleep 300")
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    engine_pgid = None
-    while engine_pgid is None:
-        assert time.monotonic() < deadline, "the engine never started"
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmd = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if cmd.startswith(b"sleep\x00300"):
-                    engine_pgid = os.getpgid(int(entry.name))
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
+    proc = serve(tmp_path, "echo loading; exec sleep 300")
+    engine_pgid = wait_for(
+        lambda: sleeping_engine_pgid(proc.pid), "the engine to start", 60, interval=0.1
+    )
+    proc.popen.send_signal(signal.SIGTERM)
+    code, out = proc.popen.wait(30), proc.text()
+    assert code == 0, out
     assert "stopping engines" in out
     assert not group_alive(engine_pgid)
-    assert port_free(port)
+    assert port_free(proc.port)
 
 
 def test_progress_spinner_on_a_tty_and_lines_otherwise() -> None:

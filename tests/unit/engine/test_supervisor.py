@@ -8,12 +8,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.engines import free_port
+from tests.procs import free_port, wait_for
 from vllama.engine.launch import EngineSpec
 from vllama.engine.supervisor import EngineStartError, Supervisor, group_alive
 
@@ -43,13 +42,6 @@ def spec(port: int, **env: str) -> EngineSpec:
     )
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_restart_after_crash_with_backoff_then_stop(tmp_path: Path) -> None:
     restarted: list[str] = []
     sup = Supervisor(
@@ -73,7 +65,7 @@ def test_restart_after_crash_with_backoff_then_stop(tmp_path: Path) -> None:
             def back(n: int = n) -> bool:
                 return sup.restarts()[url] == n and sup.ready_count() == 1
 
-            wait_for(back)
+            wait_for(back, f"restart {n} and ready again", 20)
             waited = time.monotonic() - crashed
             assert waited >= 0.3 * 2 ** (n - 1)  # backoff doubles: 0.3 s, then 0.6 s
         assert restarted == [url, url]
@@ -146,7 +138,7 @@ def test_engines_added_and_removed_while_running(tmp_path: Path) -> None:
         first, second = spec(free_port()), spec(free_port())
         sup.add(first)
         sup.add(second)
-        wait_for(lambda: sup.status(first.url)[0] and sup.status(second.url)[0])
+        wait_for(lambda: sup.status(first.url)[0] and sup.status(second.url)[0], "both ready", 20)
         assert len(sup.pgids()) == 2
         assert _running_with(str(first.port)) == 1  # started once: no orphaned twin
         memory = sup.memory(first.url)

@@ -131,7 +131,7 @@ def test_gated_error_also_ends_a_progress_stream(store: ModelStore, hub: HubStat
 def test_unreachable_hub_says_what_to_do(
     store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.engines import free_port
+    from tests.procs import free_port
 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
     with pytest.raises(HubUnreachable) as err:

@@ -205,4 +205,5 @@ def test_unfinished_huge_headers_do_not_grow_the_process(tmp_path: Path) -> None
         finally:
             for s in socks:
                 s.close()
+    print(f"unfinished huge headers: RSS grew by {grown_mib:.1f} MiB")
     assert grown_mib < 50, f"RSS grew by {grown_mib:.0f} MiB"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.procs import wait_for
 from vllama.config import ApiKey, Settings
 from vllama.observability.metrics import Metrics
 from vllama.security.keys import KeyStore
@@ -285,12 +285,9 @@ async def test_keys_protect_every_route_but_the_open_ones() -> None:
     assert sample(metrics, "vllama_requests_total", **labels, key="alice") == 1
 
 
-async def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
+async def until(condition: Any, what: str) -> None:
+    """tests.procs.wait_for in a thread, while this event loop serves the requests."""
+    await asyncio.to_thread(wait_for, condition, what, 5, interval=0.005)
 
 
 async def test_per_key_concurrency_is_429_in_the_path_shape() -> None:
@@ -300,12 +297,12 @@ async def test_per_key_concurrency_is_429_in_the_path_shape() -> None:
     solo = {"Authorization": "Bearer sk-solo-secret"}
     async with client_for(app) as c:
         first = asyncio.create_task(c.post("/api/chat", json={"prompt": "a"}, headers=solo))
-        await wait_for(lambda: gate.entered == 1, "the first request to arrive")
+        await until(lambda: gate.entered == 1, "the first request to arrive")
         second = await c.post("/api/chat", json={"prompt": "b"}, headers=solo)
         other_key = asyncio.create_task(
             c.post("/api/chat", json={"prompt": "c"}, headers={"x-api-key": "sk-alice-secret"})
         )
-        await wait_for(lambda: gate.entered == 2, "another key's request to pass")
+        await until(lambda: gate.entered == 2, "another key's request to pass")
         gate.open.set()
         assert (await first).status_code == 200 and (await other_key).status_code == 200
         third = await c.post("/api/chat", json={"prompt": "d"}, headers=solo)
@@ -321,9 +318,9 @@ async def test_full_queue_is_503_server_busy_with_retry_after() -> None:
     gate.open.clear()
     async with client_for(app) as c:
         running = asyncio.create_task(c.post("/api/chat", json={"prompt": "a"}))
-        await wait_for(lambda: gate.entered == 1, "the first request to run")
+        await until(lambda: gate.entered == 1, "the first request to run")
         queued = asyncio.create_task(c.post("/v1/embeddings", json={"input": "b"}))
-        await wait_for(lambda: sample(metrics, "vllama_requests_queued") == 1, "one queued")
+        await until(lambda: sample(metrics, "vllama_requests_queued") == 1, "one queued")
         busy = await c.post("/v1/embeddings", json={"input": "c"})
         tags = await c.get("/api/tags")  # not an inference route: never queued
         gate.open.set()

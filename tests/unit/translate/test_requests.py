@@ -22,7 +22,14 @@ from vllama.translate.types import ModelTraits
 
 PLAIN = ModelTraits(max_model_len=512, capabilities=frozenset({"completion"}))
 TOOLS = ModelTraits(max_model_len=512, capabilities=frozenset({"completion", "tools"}))
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+THINKS = ModelTraits(max_model_len=512, capabilities=frozenset({"completion", "thinking"}))
+# A 1x1 PNG and a 1x1 JPEG, whole (the façade reads their headers).
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+JPEG = (
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwc"
+    "KDcpLDAxNDQ0Hyc5PTgyPC4zNDL/wAALCAABAAEBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAACf/EABQQAQAAAAAAAAAA"
+    "AAAAAAAAAAD/2gAIAQEAAD8AKp//2Q=="
+)
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -47,11 +54,26 @@ def test_chat_roles_are_lower_cased_and_checked() -> None:
 
 
 def test_images_become_data_url_parts_with_the_detected_type() -> None:
-    body = chat(messages=[{"role": "user", "content": "what is this", "images": [PNG, "/9j/4AAQ"]}])
+    body = chat(messages=[{"role": "user", "content": "what is this", "images": [PNG, JPEG]}])
     content = body["messages"][0]["content"]
     assert content[0] == {"type": "text", "text": "what is this"}
     assert content[1]["image_url"]["url"] == f"data:image/png;base64,{PNG}"
-    assert content[2]["image_url"]["url"] == "data:image/jpeg;base64,/9j/4AAQ"
+    assert content[2]["image_url"]["url"] == f"data:image/jpeg;base64,{JPEG}"
+
+
+def test_a_damaged_image_is_a_translation_error_naming_it() -> None:
+    with pytest.raises(TranslationError) as info:
+        chat(messages=[{"role": "user", "content": "x", "images": [PNG, JPEG[:12]]}])
+    assert info.value.field == "messages[0].images[1]"
+    with pytest.raises(TranslationError) as info:
+        generate_request({"model": "m", "prompt": "x", "images": ["bm90IGFuIGltYWdl"]}, PLAIN)
+    assert info.value.message == '"images[0]" is not a PNG, JPEG, WebP or GIF image'
+
+
+def test_the_pixel_limit_comes_from_the_traits() -> None:
+    small = ModelTraits(max_image_pixels=0)
+    with pytest.raises(TranslationError, match="over the limit of 0 pixels"):
+        chat_request({"model": "m", "messages": [{"role": "user", "images": [PNG]}]}, small)
 
 
 def test_tool_calls_object_arguments_become_strings_and_tool_name_links_the_result() -> None:
@@ -99,6 +121,51 @@ def test_an_empty_tools_list_is_not_sent() -> None:
     assert "tools" not in chat(messages=[{"role": "user", "content": "x"}], tools=[])
 
 
+def _call(name: str, call_id: str | None = None) -> dict[str, Any]:
+    call: dict[str, Any] = {"function": {"name": name, "arguments": {}}}
+    if call_id:
+        call["id"] = call_id
+    return call
+
+
+def test_results_without_id_or_name_answer_the_pending_calls_in_order() -> None:
+    # What LangChain's ChatOllama sends through ollama-python 0.6, which drops
+    # `id` and `tool_call_id`: the results follow the calls in order.
+    messages = chat(
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "tool_calls": [_call("f"), _call("g")]},
+            {"role": "tool", "content": "1"},
+            {"role": "tool", "content": "2"},
+        ]
+    )["messages"]
+    ids = [c["id"] for c in messages[1]["tool_calls"]]
+    assert [m["tool_call_id"] for m in messages[2:]] == ids
+    assert len(set(ids)) == 2
+
+
+def test_two_calls_of_one_tool_get_their_own_results() -> None:
+    messages = chat(
+        messages=[
+            {"role": "assistant", "tool_calls": [_call("f", "a"), _call("f", "b")]},
+            {"role": "tool", "content": "1", "tool_name": "f"},
+            {"role": "tool", "content": "2", "tool_name": "f"},
+        ]
+    )["messages"]
+    assert [m["tool_call_id"] for m in messages[1:]] == ["a", "b"]
+
+
+def test_a_result_by_name_skips_calls_of_other_tools() -> None:
+    messages = chat(
+        messages=[
+            {"role": "assistant", "tool_calls": [_call("f", "a"), _call("g", "b")]},
+            {"role": "tool", "content": "2", "tool_name": "g"},
+            {"role": "tool", "content": "1"},
+        ]
+    )["messages"]
+    assert [m["tool_call_id"] for m in messages[1:]] == ["b", "a"]
+
+
 def test_explicit_tool_call_ids_are_kept() -> None:
     body = chat(
         messages=[
@@ -137,8 +204,28 @@ def test_format_json_and_schema_use_response_format_never_guided_json() -> None:
     ],
 )
 def test_think_maps_to_template_switch_and_effort(think: Any, expected: dict[str, Any]) -> None:
-    body = chat(think=think)
-    assert {k: body[k] for k in expected} == expected
+    for translate in (chat_request, generate_request):
+        body = translate({"model": "m", "prompt": "p", "think": think}, THINKS).body
+        assert {k: body[k] for k in expected} == expected
+
+
+def test_think_omitted_leaves_the_engine_default() -> None:
+    body = chat_request({"model": "m"}, THINKS).body
+    assert "chat_template_kwargs" not in body
+    assert "reasoning_effort" not in body
+
+
+@pytest.mark.parametrize("think", [True, "low", "high"])
+def test_thinking_asked_of_a_model_that_cannot_think_is_refused_as_ollama_does(think: Any) -> None:
+    for translate in (chat_request, generate_request):
+        with pytest.raises(TranslationError) as info:
+            translate({"model": "demo:latest", "prompt": "p", "think": think}, PLAIN)
+        assert info.value.field == "think"
+        assert info.value.message.startswith('"demo:latest" does not support thinking')
+
+
+def test_think_false_is_accepted_by_a_model_that_cannot_think() -> None:
+    assert chat(think=False)["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 def test_invalid_think_value_is_refused() -> None:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.engines import free_port
+from tests.procs import free_port
 from vllama.config import EngineConfig, Settings
 from vllama.upstream.discovery import ModelCard, fetch_models, probe_kind
 from vllama.upstream.pool import EnginePool
@@ -30,6 +30,9 @@ class Engine:
         self.auth: list[str | None] = []
         self.url = ""
 
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response()
+
     async def models(self, request: web.Request) -> web.Response:
         self.auth.append(request.headers.get("Authorization"))
         return web.json_response(self.models_body, status=self.models_status)
@@ -43,7 +46,7 @@ class Engine:
 async def engine() -> AsyncIterator[Engine]:
     fake = Engine()
     app = web.Application()
-    app.router.add_get("/health", lambda _: web.Response())
+    app.router.add_get("/health", fake.health)
     app.router.add_get("/v1/models", fake.models)
     app.router.add_post("/v1/chat/completions", fake.chat)
     runner = web.AppRunner(app)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.engines import free_port
+from tests.procs import free_port
 from vllama.config import Settings
 from vllama.upstream.errors import EngineHTTPError, ModelNotFound, NoHealthyEngine
 from vllama.upstream.pool import EnginePool
@@ -276,7 +276,7 @@ async def test_connections_dropped_on_reuse_are_retried_fresh_and_spare_the_brea
         )
         assert all(a["id"] == "chatcmpl-scripted" for a in answers)
     assert engine.counts.dropped >= 8  # the race really happened
-    assert engine.counts.answered == 24
+    assert engine.counts.answered >= 24  # (and discovery's capability probes)
     (e,) = pool.engines()
     assert e.breaker.state.name == "CLOSED" and e.breaker.failure_rate()[1] == 0
     url = engine.url
@@ -344,3 +344,26 @@ async def test_engine_error_text_never_reaches_the_client(
     with pytest.raises(EngineHTTPError) as exc:
         await pool.post_json(model, "/v1/chat/completions", {"fail_with": 400})
     assert exc.value.status == 400 and "/srv/" not in exc.value.message
+
+
+async def test_what_engines_may_serve_includes_the_unreachable(make_pool: Factory) -> None:
+    # /api/delete consults this (issue 13's data loss): an engine that is down still
+    # serves its files when it comes back.
+    pool, (live,) = await make_pool(["chat-a"], aliases={"friendly": "chat-a"})
+    served, unknown = pool.possibly_served()
+    assert {"chat-a", "/m", "friendly"} <= served and unknown == []
+    await live.stop()  # it goes down: what it was seen serving still counts
+    await pool.refresh()
+    assert not pool.engines()[0].healthy
+    assert {"chat-a", "/m"} <= pool.possibly_served()[0]
+
+
+async def test_engines_that_never_answered_make_it_unknown(make_pool: Factory) -> None:
+    pool, _ = await make_pool(["chat-a"], dead=1)
+    dead = next(e for e in pool.engines() if e.cards is None)
+    assert pool.possibly_served()[1] == [dead.url]
+    source = Settings.model_validate(
+        {"engines": [{"url": dead.url, "models": ["qwen"], "source": "/srv/models/qwen"}]}
+    )
+    known = EnginePool(source)  # a supervised engine: what it loads is configured
+    assert known.possibly_served() == ({"qwen", "/srv/models/qwen"}, [])

@@ -1,5 +1,9 @@
 """Liveness (`GET /health`: the process answers) and readiness (`GET /health/ready`:
-every known model has a healthy engine whose breaker is not open; 503 otherwise)."""
+every known model has a healthy engine whose breaker is not open; 503 otherwise).
+
+Both are open without a key (load balancers probe them). With keys configured,
+/health/ready says only ready or not to a request without a valid key; engine URLs,
+model ids, GPUs and counts are for key holders (and for everyone while keys are off)."""
 
 from __future__ import annotations
 
@@ -42,9 +46,13 @@ async def ready(request: Request) -> Response:
     # while in-flight streams finish.
     draining = bool(getattr(request.app.state, "draining", False))
     is_ready = bool(models) and all(models.values()) and not draining
+    status = "ready" if is_ready else "draining" if draining else "not ready"
+    code = 200 if is_ready else 503
+    if not getattr(request.state, "authenticated", True):
+        return JSONResponse({"status": status}, status_code=code)
     gpus, no_gpu = await asyncio.to_thread(gpu_report)  # NVML calls block
     body = {
-        "status": "ready" if is_ready else "draining" if draining else "not ready",
+        "status": status,
         "engines": engines,
         "models": [{"id": k, "ready": v} for k, v in models.items()],
         "gpus": gpus,
@@ -52,4 +60,4 @@ async def ready(request: Request) -> Response:
         "version": __version__,
         "uptime_s": round(time.monotonic() - get_started_at(request), 3),
     }
-    return JSONResponse(body, status_code=200 if is_ready else 503)
+    return JSONResponse(body, status_code=code)

@@ -8,6 +8,7 @@ paths only, so nothing else is forwarded (anything else under /v1 is a 404 in Op
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -21,11 +22,14 @@ from vllama.server.deps import (
     acquire_model,
     get_metrics,
     get_pool,
+    is_large,
     record_usage,
+    request_json,
     set_priority,
     upstream_headers,
 )
 from vllama.server.errors import error_response, openai_error_body, upstream_error_response
+from vllama.server.jsonbody import InvalidJson
 from vllama.server.streaming import ProxyStream
 from vllama.upstream.errors import UpstreamError
 from vllama.upstream.pool import ServedModel
@@ -84,15 +88,18 @@ def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
 async def forward(request: Request, *, route: str) -> Response:
     """One inference request passed through."""
     start = time.perf_counter()
     path: str = request.scope["path"]
-    raw = await request.body()
     try:
-        body: Any = json.loads(raw)
-    except ValueError as exc:
-        return _bad_request(path, f"invalid JSON body: {exc}; send a JSON object")
+        body: Any = await request_json(request)
+    except InvalidJson as exc:
+        return _bad_request(path, f"invalid JSON body: {exc.message}; send a JSON object")
     if not isinstance(body, dict):
         return _bad_request(path, "the request body must be a JSON object")
     problem = _type_problem(route, body)
@@ -113,7 +120,10 @@ async def forward(request: Request, *, route: str) -> Response:
         "Accept": request.headers.get("accept", "*/*"),
         **upstream_headers(request),
     }
-    data = json.dumps(body, ensure_ascii=False).encode()
+    if is_large(request):  # encoding megabytes: off the event loop
+        data = await asyncio.to_thread(_encode, body)
+    else:
+        data = _encode(body)
     own = time.perf_counter() - start
 
     stack = AsyncExitStack()

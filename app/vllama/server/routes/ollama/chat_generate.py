@@ -6,6 +6,7 @@ token counts are measured the same way whether or not the client streams.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -18,6 +19,7 @@ from vllama.server.deps import (
     acquire_model,
     get_metrics,
     get_pool,
+    is_large,
     record_usage,
     set_priority,
     upstream_headers,
@@ -82,7 +84,11 @@ async def generation(request: Request, *, kind: str) -> Response:
         if "embedding" in card.capabilities and "completion" not in card.capabilities:
             raise Refused(400, f'"{name}" does not support {kind}: it is an embedding model')
         translate = to_openai.chat_request if kind == "chat" else to_openai.generate_request
-        call = translate(body, traits(card))
+        large = is_large(request)
+        if large:  # megabytes of messages: translate off the event loop
+            call = await asyncio.to_thread(translate, body, traits(request, card))
+        else:
+            call = translate(body, traits(request, card))
         set_priority(request, call.body)
         stream = body.get("stream") is not False
     except Exception as exc:
@@ -117,7 +123,7 @@ async def generation(request: Request, *, kind: str) -> Response:
         return timings
 
     events = get_pool(request).stream_events(
-        card, call.path, call.body, headers=upstream_headers(request)
+        card, call.path, call.body, headers=upstream_headers(request), large=large
     )
     clock.own_ns += time.perf_counter_ns() - clock.start
     clock.sent = time.perf_counter_ns()

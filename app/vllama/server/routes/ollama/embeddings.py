@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from vllama.server.deps import (
     acquire_model,
     get_pool,
+    is_large,
     record_usage,
     set_priority,
     upstream_headers,
@@ -46,7 +47,11 @@ async def embed(request: Request) -> Response:
         if call is not None:
             set_priority(request, call.body)
             answer = await get_pool(request).post_json(
-                card, call.path, call.body, headers=upstream_headers(request)
+                card,
+                call.path,
+                call.body,
+                headers=upstream_headers(request),
+                large=is_large(request),
             )
     except Exception as exc:
         return error(request, exc)

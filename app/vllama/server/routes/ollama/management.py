@@ -7,7 +7,7 @@ uploads are refused with a message that says what to do instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -17,6 +17,7 @@ from vllama.server.deps import get_pool
 from vllama.server.routes.ollama.plumbing import NDJSON, Refused, error, ndjson_line, read_body
 from vllama.translate import TranslationError
 from vllama.translate.fields import model_name, opt_str
+from vllama.upstream.aliases import AliasRefused
 from vllama.upstream.errors import UpstreamError
 
 
@@ -28,7 +29,8 @@ class ModelStore(Protocol):
     """
 
     def pull(self, name: str) -> AsyncIterator[dict[str, Any]]: ...  # Ollama progress objects
-    async def delete(self, name: str) -> bool: ...  # False: not in the store
+    # False: not in the store; models.store.ModelInUse (status 409) when `serving` names it.
+    async def delete(self, name: str, serving: Collection[str] = ()) -> bool: ...
 
 
 def _store(request: Request) -> ModelStore | None:
@@ -122,11 +124,13 @@ async def copy(request: Request) -> Response:
         if not source or not destination:
             raise TranslationError("source and destination are required", "source")
         card = await get_pool(request).describe(source)  # served, or pulled (on-demand)
+        get_pool(request).aliases.add(destination, card.id)
     except UpstreamError:
         return error(request, Refused(404, f'model "{source}" not found'))
+    except AliasRefused as exc:
+        return error(request, Refused(400, f"destination: {exc}"))
     except Exception as exc:
         return error(request, exc)
-    get_pool(request).aliases.add(destination, card.id)
     return Response(status_code=200)
 
 
@@ -148,7 +152,28 @@ async def delete(request: Request) -> Response:
             ),
         )
     store = _store(request)
-    if store is not None and await store.delete(name):
+    if store is None:
+        return error(request, Refused(404, f"model '{name}' not found"))
+    # Files an engine may serve stay, whether that engine answers right now or not.
+    serving, unknown = get_pool(request).possibly_served()
+    if unknown:
+        return error(
+            request,
+            Refused(
+                409,
+                f"cannot tell whether model '{name}' is in use: {len(unknown)} configured "
+                "engine(s) have not answered since the server started, so what they load is "
+                "unknown; start them (or remove them from the config), then delete again",
+            ),
+        )
+    try:
+        deleted = await store.delete(name, serving)
+    except Exception as exc:
+        status = getattr(exc, "status", None)
+        if status == 409:
+            return error(request, Refused(409, str(exc)))
+        raise
+    if deleted:
         return Response(status_code=200)
     return error(request, Refused(404, f"model '{name}' not found"))
 

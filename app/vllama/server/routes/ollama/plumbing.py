@@ -10,7 +10,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from vllama.server.deps import get_settings, request_json
 from vllama.server.errors import error_response, upstream_error_response
+from vllama.server.jsonbody import InvalidJson
 from vllama.translate import ModelTraits, TranslationError
 from vllama.translate.fields import require_object
 from vllama.upstream.errors import UpstreamError
@@ -49,18 +51,21 @@ def error(request: Request, exc: Exception) -> Response:
 
 
 async def read_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise Refused(400, "missing request body")
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise Refused(400, f"invalid JSON in request body: {exc}") from None
+        value = await request_json(request)
+    except InvalidJson as exc:
+        raise Refused(400, f"invalid JSON in request body: {exc.message}") from None
+    if value is None:
+        raise Refused(400, "missing request body")
     return require_object(value)
 
 
-def traits(card: ServedModel) -> ModelTraits:
-    return ModelTraits(max_model_len=card.max_model_len, capabilities=card.capabilities)
+def traits(request: Request, card: ServedModel) -> ModelTraits:
+    return ModelTraits(
+        max_model_len=card.max_model_len,
+        capabilities=card.capabilities,
+        max_image_pixels=get_settings(request).max_image_pixels,
+    )
 
 
 def ndjson_line(obj: Mapping[str, Any]) -> bytes:

@@ -4,7 +4,7 @@
 # host's pip configuration; inside a build there is no index). The same directory is what
 # an air-gapped site copies over.
 #
-#   scripts/build-wheelhouse.sh            # prints the wheelhouse directory on stdout
+#   ops/build-wheelhouse.sh            # prints the wheelhouse directory on stdout
 #
 # Output .cache/wheelhouse/<hash>/ (its file .deps names the dependency-only directory,
 # .cache/wheelhouse/deps-<hash>/, which images use: they build vllama from source):
