@@ -29,11 +29,9 @@ lint: test-venv ## ruff and mypy --strict
 unit: test-venv ## the quick suites only (no engine, no containers)
 	$(PY) -m pytest tests/unit -q
 
-bench: test-venv ## side-by-side benchmarks (not pass/fail); writes docs/performance.md
+bench: test-venv ## issue 16's targets side by side, one run (~15 min; not pass/fail): docs/performance.md
 	scripts/install-system-deps.sh
 	scripts/setup-bench-venv.sh
-	$(PY) -m tests.perf.bench_upstream_client --json docs/performance-upstream-client.json
-	$(PY) -m tests.perf.bench_middleware
 	$(PY) -m tests.perf.run $(BENCH_ARGS)
 
 profile: test-venv ## where the façade's CPU goes (py-spy); writes docs/performance-profile.md

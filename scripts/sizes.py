@@ -105,7 +105,9 @@ def main() -> int:
     text = DOC.read_text(encoding="utf-8")
     if args.check:
         if in_doc(text) != now:
-            print(f"{DOC.name}: the sizes table is out of date; run python scripts/sizes.py --write")
+            print(
+                f"{DOC.name}: the sizes table is out of date; run python scripts/sizes.py --write"
+            )
             return 1
         return 0
     start = text.index(BEGIN) + len(BEGIN)

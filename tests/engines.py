@@ -150,9 +150,15 @@ class Engine:
 
 
 def start_engine(
-    kind: str, port: int | None = None, *, wait: bool = True, extra_args: Sequence[str] = ()
+    kind: str,
+    port: int | None = None,
+    *,
+    wait: bool = True,
+    extra_args: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> Engine:
-    """Start a real engine; `extra_args` come last, so they override the defaults."""
+    """Start a real engine; `extra_args` come last, so they override the defaults;
+    `extra_env` adds to its environment (e.g. VLLM_CPU_OMP_THREADS_BIND)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     process = procs.start(
@@ -160,7 +166,7 @@ def start_engine(
         [*engine_command(kind, port), *extra_args],
         LOGS / f"engine-{kind}-{port}.log",
         url=url,
-        env=kind_env(kind),
+        env={**kind_env(kind), **(extra_env or {})},
     )
     engine = Engine(kind, url, MODELS[kind], process, process.log)
     if wait:

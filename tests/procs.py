@@ -167,6 +167,7 @@ def instant_upstream(
     break_after: int | None = None,
     interval_ms: float = 0.0,
     *,
+    request_metrics_ms: float | None = None,
     port: int | None = None,
     logs: Path = LOGS,
     kind: type[P] = Proc,  # type: ignore[assignment]
@@ -177,6 +178,8 @@ def instant_upstream(
     cmd += ["--chunks", str(chunks), "--interval-ms", str(interval_ms)]
     if break_after is not None:
         cmd += ["--break-after", str(break_after)]
+    if request_metrics_ms is not None:  # answers carry vLLM's per-request timings
+        cmd += ["--request-metrics", str(request_metrics_ms)]
     url = f"http://127.0.0.1:{port}"
     return start("instant-upstream", cmd, logs / f"instant-upstream-{port}.log", url=url, kind=kind)
 

@@ -104,6 +104,7 @@ class ScriptedEngine:
         self.model = model
         self.counts = Counts()
         self.last_request: dict[str, object] | None = None  # the last body it was sent
+        self.last_raw: bytes | None = None  # and its bytes, as they came
         self._server: asyncio.Server | None = None
         self.url = ""
 
@@ -147,6 +148,7 @@ class ScriptedEngine:
                     request = json.loads(body or b"{}")
                     if request:
                         self.last_request = request
+                        self.last_raw = body
                     if request == {}:  # discovery's probe: a generating engine refuses it
                         writer.write(_response(400, b'{"error": {"message": "bad", "code": 400}}'))
                     elif request.get("max_tokens") == 0:  # a capability probe: refused, as vLLM

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,82 @@ class ModelLaunch(BaseModel):
     port: int | None = None  # None: a free port is picked
 
 
+# Engine names become systemd instance and compose service names.
+_PLAN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class PlannedEngine(BaseModel):
+    """One line of a host's declaration (`[[plan.engines]]`): a model, how many GPUs one
+    engine of it spans (tensor x pipeline parallel), and how many such engines run.
+    engine/plan.py turns the lines into concrete engines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str  # Hugging Face repo id, path on the host, or alias
+    served_name: str | None = None  # what clients ask for; default: the model
+    name: str | None = None  # engine (unit/service) name; default: from served_name/model
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    # A number, or "fill": one engine per tensor x pipeline GPUs left over by the others.
+    replicas: int | Literal["fill"] = 1
+    gpus: list[int] | None = None  # these device ids (all replicas, in order); None: assigned
+    port: int | None = Field(None, ge=1, le=65535)  # the first replica's; the next ones follow
+    args: list[str] = Field(default_factory=list)  # more vLLM flags (a list, or shell text)
+    env: dict[str, str] = Field(default_factory=dict)
+    shm_size: str | None = None  # /dev/shm for compose; None: derived from the GPU count
+    # Empty: detected from the engine (its probes), as for any fronted engine; else exactly these.
+    capabilities: list[Literal["tools", "thinking", "vision"]] = Field(default_factory=list)
+
+    @field_validator("replicas")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError('replicas must be 1 or more, or "fill"')
+        return v
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):  # an inventory's `args: --max-model-len 8192`
+            return shlex.split(v)
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, v: str | None) -> str | None:
+        if v is not None and (not v or not set(v) <= _PLAN_NAME_CHARS or v[0] == "-"):
+            raise ValueError(
+                f"engine name {v!r}: use lower-case letters, digits and '-' (it names a "
+                "systemd unit and a compose service)"
+            )
+        return v
+
+
+class HostPlan(BaseModel):
+    """Every GPU of one host, declared once (`[plan]`): `vllama plan` derives each engine's
+    ports, devices, command line, the façade's engine list and Prometheus targets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int | list[int] = Field(0)  # a count (ids 0..n-1) or the ids; 0: no GPU (CPU)
+    base_port: int = Field(8001, ge=1, le=65535)  # engines without a port take 8001, 8002, ...
+    engine_host: str = "127.0.0.1"  # where engines listen (0.0.0.0 lets Prometheus scrape)
+    address: str | None = None  # how other hosts reach this one (Prometheus targets)
+    engines: list[PlannedEngine] = Field(default_factory=list)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_ids(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("gpus must be a count (0 or more) or a list of device ids")
+        if isinstance(v, list):
+            if any(i < 0 for i in v):
+                raise ValueError("GPU device ids are 0 or more")
+            if len(set(v)) != len(v):
+                raise ValueError(f"gpus {v} lists a device twice")
+        return v
+
+
 # Keys travel in HTTP headers (`Authorization: Bearer <key>`, `x-api-key`): visible ASCII
 # only, so what a client sends byte for byte is what was configured.
 _KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
@@ -111,11 +188,18 @@ class Settings(BaseModel):
     # Where the façade listens.
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    # Façade worker processes (server/workers.py); more than 1 needs engines that run on
+    # their own (--engine, [[engines]], [plan]), not supervised ones.
     workers: int = Field(1, ge=1)
+    # prometheus-client's multiprocess folder when workers > 1; None: a fresh temporary one.
+    metrics_dir: Path | None = None
 
     # Engines already running (`--engine URL`), and models to start engines for (`--model`).
     engines: list[EngineConfig] = Field(default_factory=list)
     models: list[ModelLaunch] = Field(default_factory=list)
+    # This host's GPUs and the engines on them, declared once (engine/plan.py); the façade
+    # fronts the planned engines besides `engines`.
+    plan: HostPlan | None = None
     # Friendly names: "qwen2.5:0.5b" -> "Qwen/Qwen2.5-0.5B-Instruct". Same on /api and /v1.
     aliases: dict[str, str] = Field(default_factory=dict)
 
@@ -163,6 +247,14 @@ class Settings(BaseModel):
     # idle timeout (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s).
     upstream_keep_alive_s: float = Field(4.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
+    # Among replicas of a model (upstream/balancer.py): "load" (the engines' own running,
+    # waiting and KV-cache figures from /metrics, polled with the health checks, plus
+    # prefix affinity), "least-outstanding" (this process's count only), "round-robin".
+    balancer: Literal["load", "least-outstanding", "round-robin"] = "load"
+    # A conversation stays on the replica holding its prefix cache while that replica is
+    # at most this much busier (in requests) than the least loaded one.
+    affinity_slack: float = Field(4.0, ge=0)
+    prefix_affinity: bool = True
     # The breaker opens on a failure rate over a sliding window, once the window holds
     # enough calls (as resilience4j does), not on a few failures among many successes.
     breaker_failure_rate: float = Field(0.5, gt=0, le=1)
@@ -171,6 +263,10 @@ class Settings(BaseModel):
     breaker_reset_s: float = Field(5.0, gt=0)  # open -> half-open after this long
     retries: int = Field(2, ge=0)  # connection errors only, before the first byte
     drain_timeout_s: float = Field(30.0, ge=0)
+    # On SIGTERM: this long /health/ready answers 503 "draining" while requests are still
+    # taken, before the façade stops accepting; above the gateway's health-check interval,
+    # so the gateway stops sending first. Ctrl-C (SIGINT) skips it.
+    drain_delay_s: float = Field(0.0, ge=0)
 
     # Keys and logs.
     api_keys: list[ApiKey] = Field(default_factory=list)
@@ -354,3 +450,37 @@ def load_settings(
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
     return settings, sources
+
+
+def parse_plan(text: str, where: str) -> HostPlan:
+    """A host's declaration from TOML or JSON text: the `[plan]` table of a config file,
+    or the table itself (what Ansible hands over as JSON)."""
+    data: Any
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: not valid JSON ({exc})") from exc
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: neither JSON nor valid TOML ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("plan"), dict):
+        data = data["plan"]
+    try:
+        return HostPlan.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'plan'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: invalid plan: {problems}") from exc
+
+
+def load_plan_file(path: Path) -> HostPlan:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the plan file {path}: {exc.strerror}") from exc
+    return parse_plan(text, str(path))

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import ssl
 import subprocess
 import tarfile
 import time
@@ -78,7 +79,9 @@ class Stack:
         raise AssertionError(f"no container for service {service}")
 
     def http(self, timeout: float = 60) -> httpx.Client:
-        return httpx.Client(base_url=self.https, verify=str(self.ca), timeout=timeout)
+        return httpx.Client(
+            base_url=self.https, verify=ssl.create_default_context(cafile=self.ca), timeout=timeout
+        )
 
 
 def caddy_root_ca(container: Container, dest: Path) -> Path:

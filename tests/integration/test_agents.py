@@ -112,11 +112,10 @@ def test_capabilities_are_detected_from_the_engines_not_configured(facade: str) 
 def test_a_configured_list_overrides_the_probes(scripted_engine: Engine) -> None:
     with run_facade(engines=[{"url": scripted_engine.url, "capabilities": ["vision"]}]) as url:
         assert client(url).show(MODEL).capabilities == ["completion", "vision"]
-        # Without "tools" the façade sends tool_choice "none": vLLM does not parse, and the
-        # call comes back as text (what agents got before capabilities were detected).
-        answer = client(url).chat(model=MODEL, messages=ASK, tools=[WEATHER])
-        assert not answer.message.tool_calls
-        assert answer.message.content.startswith("<tool_call>")
+        # Without "tools", tools are refused as Ollama refuses them (not answered as text).
+        with pytest.raises(ollama.ResponseError, match="does not support tools") as refused:
+            client(url).chat(model=MODEL, messages=ASK, tools=[WEATHER])
+        assert refused.value.status_code == 400
 
 
 # --- tool calls ----------------------------------------------------------------------------
@@ -227,12 +226,11 @@ def test_openai_sdk_gets_the_call_and_sends_the_result_by_id(
     assert f'<tool_response id="{call_id}">sunny' in engine_prompt(scripted_engine, request_id)
 
 
-def test_a_model_without_tool_parser_answers_in_text(facade: str) -> None:
-    answer = client(facade).chat(
-        model=DEMO, messages=ASK, tools=[WEATHER], options={"num_predict": 4, "temperature": 0}
-    )
-    assert not answer.message.tool_calls
-    assert answer.eval_count and answer.eval_count > 0
+def test_a_model_without_tool_parser_refuses_tools_as_ollama(facade: str) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        client(facade).chat(model=DEMO, messages=ASK, tools=[WEATHER])
+    assert refused.value.status_code == 400
+    assert refused.value.error.startswith(f'"{DEMO}" does not support tools')
 
 
 # --- thinking ------------------------------------------------------------------------------

@@ -148,15 +148,9 @@ def test_open_webui_load_and_unload_without_stream(facade_url: str) -> None:
     assert load.json()["done_reason"] == "load"
 
 
-def test_tools_pass_through_without_error(client: ollama.Client) -> None:
-    def get_weather(city: str) -> str:
-        """Get the weather in a city.
-
-        Args:
-          city: the city
-        """
-        return "sunny"
-
+def test_a_tool_conversation_passes_through_without_error(client: ollama.Client) -> None:
+    # The demo model has no tool parser: offering it tools is Ollama's 400 (test_agents),
+    # but a history with calls and results is still a conversation it can continue.
     answer = client.chat(
         model=CHAT,
         messages=[
@@ -170,7 +164,6 @@ def test_tools_pass_through_without_error(client: ollama.Client) -> None:
             },
             {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
         ],
-        tools=[get_weather],
         options=OPTIONS,
     )
     assert answer.done is True
@@ -420,3 +413,40 @@ def test_client_disconnect_ends_the_upstream_request(path: str) -> None:
             "the façade to close the upstream request",
             5,
         )
+
+
+@pytest.mark.parametrize("reports", [True, False])
+def test_stream_false_is_answered_whole_only_by_engines_that_time_it(reports: bool) -> None:
+    # An engine run with --enable-per-request-metrics says how long its generation took:
+    # stream:false is then one whole answer upstream, with eval_duration that long. Without
+    # it, the engine streams (the durations need the first token's time).
+    from tests.perf import procs
+
+    generation_ms = 40.0  # of the 50 ms the paced stand-in takes (5 events 10 ms apart)
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "a"}], "stream": False}
+    upstream = procs.instant_upstream(
+        chunks=5, interval_ms=10, request_metrics_ms=generation_ms if reports else None
+    )
+    with (
+        procs.running(upstream, "/health", 30) as up,
+        run_facade(engines=[{"url": up.url}]) as url,
+    ):
+        first = httpx.post(f"{url}/api/chat", json=body, timeout=30)  # learns the engine
+        before = procs.upstream_stats(up.url)
+        answer = httpx.post(f"{url}/api/chat", json=body, timeout=30)
+        after = procs.upstream_stats(up.url)
+    assert first.status_code == 200 and answer.status_code == 200
+    one, two = first.json(), answer.json()
+    whole, streamed = after["whole"] - before["whole"], after["streamed"] - before["streamed"]
+    assert (whole, streamed) == ((1, 0) if reports else (0, 1))
+    # The same answer either way: text, counts, reason.
+    for key in ("model", "message", "done", "done_reason", "prompt_eval_count", "eval_count"):
+        assert one[key] == two[key], key
+    assert two["message"] == {"role": "assistant", "content": "hello " * 5}
+    assert two["eval_count"] == 5 and two["prompt_eval_count"] == 8
+    assert two["total_duration"] >= two["prompt_eval_duration"] + two["eval_duration"]
+    if reports:  # the engine's figure; the rest of the wait is before the first token
+        assert two["eval_duration"] == int(generation_ms * 1e6)
+        assert two["prompt_eval_duration"] >= 8e6
+    else:  # measured between the first and the last event, 10 ms apart
+        assert 35e6 <= two["eval_duration"] <= 2e9

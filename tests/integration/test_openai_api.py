@@ -190,3 +190,28 @@ def test_stream_timings_and_tokens_reach_metrics(client: openai.OpenAI, facade_u
     assert scrape(facade_url, "vllama_completion_tokens_total", model=CHAT) == (
         completion_before + usage.completion_tokens
     )
+
+
+def test_a_body_that_needs_no_change_reaches_the_engine_as_sent() -> None:
+    # Not encoded again when the model is the engine's own id and no priority applies; an
+    # alias (or a key's priority) still rewrites it.
+    from tests.facade import run_facade
+    from tests.scripted_engine import Script, scripted_engine_thread
+
+    sent = b'{ "model" : "vllama-demo",\n "messages": [{"role": "user", "content": "h\\u00e9"}] }'
+    with (
+        scripted_engine_thread(Script(), model=CHAT) as engine,
+        run_facade(
+            engines=[{"url": engine.url}], aliases={"demo": CHAT}, health_interval_s=60
+        ) as url,
+    ):
+        headers = {"Content-Type": "application/json"}
+        r = httpx.post(f"{url}/v1/chat/completions", content=sent, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert engine.last_raw == sent
+        aliased = sent.replace(b'"vllama-demo"', b'"demo"')
+        r = httpx.post(f"{url}/v1/chat/completions", content=aliased, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert engine.last_raw != aliased and engine.last_request is not None
+        assert engine.last_request["model"] == CHAT
+        assert engine.last_request["messages"] == [{"role": "user", "content": "hé"}]

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -121,7 +122,9 @@ class Deployment:
         # Caddy's internal CA (the default TLS mode) signs the proxy's certificate.
         ca = self.host.caddy_root_ca(self.workdir / "caddy-root.crt")
         return ollama.Client(
-            host=f"https://localhost:{self.host.ports[443]}", verify=str(ca), timeout=60
+            host=f"https://localhost:{self.host.ports[443]}",
+            verify=ssl.create_default_context(cafile=ca),
+            timeout=60,
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -75,7 +76,11 @@ class ComposeDeployment:
         return self.host.sh(f"cd {PROJECT_DIR} && docker compose {' '.join(args)}", timeout)
 
     def client(self, port: int, ca: Path) -> ollama.Client:
-        return ollama.Client(host=f"https://localhost:{port}", verify=str(ca), timeout=120)
+        return ollama.Client(
+            host=f"https://localhost:{port}",
+            verify=ssl.create_default_context(cafile=ca),
+            timeout=120,
+        )
 
     def stack_ca(self) -> Path:
         """Caddy's internal CA of the stack's proxy, out of its volume in the nested engine."""

@@ -41,6 +41,7 @@ def recorded_dcgm() -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
     server.shutdown()
+    server.server_close()  # warnings are errors: the listening socket must not leak
 
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess[str]:

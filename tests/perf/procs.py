@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from tests import procs
+from tests.perf.harness import tree_cpu_seconds
 from tests.procs import REPO, free_port, running, upstream_stats
 
 __all__ = [
@@ -38,44 +39,62 @@ class Measured(procs.Proc):
             return []
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self._tree():
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
+        """CPU seconds of the process and its live children (harness.tree_cpu_seconds)."""
+        return tree_cpu_seconds(self.pid)
 
-    def peak_rss_mb(self) -> float:
-        """Peak resident set (VmHWM) summed over the process tree, in MB."""
-        total_kb = 0
+    def peak_rss_mb_per_process(self) -> dict[int, float]:
+        """Peak resident set (VmHWM) of each process in the tree, in MB."""
+        peaks: dict[int, float] = {}
         for p in self._tree():
             with contextlib.suppress(OSError, psutil.Error):
                 for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
-                        total_kb += int(line.split()[1])
-        return round(total_kb / 1024, 1)
+                        peaks[p.pid] = round(int(line.split()[1]) / 1024, 1)
+        return peaks
+
+    def peak_rss_mb(self) -> float:
+        """The largest peak resident set of one process in the tree (one worker), in MB."""
+        return max(self.peak_rss_mb_per_process().values(), default=0.0)
 
 
-def _spawn(name: str, cmd: list[str], port: int, env: dict[str, str] | None = None) -> Measured:
+def spawn(name: str, cmd: list[str], port: int, env: dict[str, str] | None = None) -> Measured:
+    """Any other benchmarked process serving HTTP on `port` (log in .cache/bench/)."""
     url = f"http://127.0.0.1:{port}"
     return procs.start(name, cmd, BENCH_DIR / f"{name}.log", url=url, env=env, kind=Measured)
 
 
 def instant_upstream(
-    chunks: int = 16, break_after: int | None = None, interval_ms: float = 0.0
+    chunks: int = 16,
+    break_after: int | None = None,
+    interval_ms: float = 0.0,
+    request_metrics_ms: float | None = None,
 ) -> Measured:
-    return procs.instant_upstream(chunks, break_after, interval_ms, logs=BENCH_DIR, kind=Measured)
+    return procs.instant_upstream(
+        chunks,
+        break_after,
+        interval_ms,
+        request_metrics_ms=request_metrics_ms,
+        logs=BENCH_DIR,
+        kind=Measured,
+    )
 
 
-def facade(engine_url: str, name: str = "facade", app_dir: Path | None = None) -> Measured:
-    """The façade as operators run it: `vllama serve --engine URL` with default settings.
+def facade(
+    engine_url: str | list[str],
+    name: str = "facade",
+    app_dir: Path | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Measured:
+    """The façade as operators run it: `vllama serve --engine URL` (one or several) with
+    default settings (`extra_env`: VLLAMA_* settings to change, e.g. VLLAMA_WORKERS).
     `app_dir` (another checkout's `app/`) runs that code instead of this one."""
-    env = {"VLLAMA_LOG_FORMAT": "json"}
+    urls = [engine_url] if isinstance(engine_url, str) else engine_url
+    engines = [arg for url in urls for arg in ("--engine", url)]
+    env = {"VLLAMA_LOG_FORMAT": "json", **(extra_env or {})}
     if app_dir is not None:
         env["PYTHONPATH"] = str(app_dir)
-    return procs.vllama_serve(
-        ["--engine", engine_url], BENCH_DIR / f"{name}.log", name=name, env=env, kind=Measured
-    )
+    return procs.vllama_serve(engines, BENCH_DIR / f"{name}.log", name=name, env=env, kind=Measured)
 
 
 def nginx(*upstream_urls: str, name: str = "nginx") -> Measured:
@@ -112,7 +131,7 @@ http {{
   }}
 }}
 """)
-    return _spawn(name, ["nginx", "-p", str(prefix), "-c", str(conf)], port)
+    return spawn(name, ["nginx", "-p", str(prefix), "-c", str(conf)], port)
 
 
 def litellm(upstream_url: str) -> Measured | None:
@@ -135,7 +154,7 @@ litellm_settings:
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "LITELLM_TELEMETRY": "False",
     }
-    return _spawn(
+    return spawn(
         "litellm",
         [
             str(LITELLM_BIN),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vllama.config import ConfigError, load_settings
+from vllama.config import ConfigError, load_plan_file, load_settings, parse_plan
 
 
 @pytest.fixture
@@ -70,3 +70,30 @@ def test_bad_files_name_the_problem(dirs: tuple[Path, Path], text: str, message:
     (cwd / "vllama.toml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings({}, environ={}, cwd=cwd)
+
+
+def test_plan_from_env_json_and_from_a_plan_file(tmp_path: Path) -> None:
+    decl = '{"gpus": 4, "engines": [{"model": "org/m", "tensor_parallel_size": 2, "replicas": 2}]}'
+    settings, sources = load_settings({}, environ={"VLLAMA_PLAN": decl}, cwd=tmp_path)
+    assert settings.plan is not None and settings.plan.engines[0].tensor_parallel_size == 2
+    assert sources["plan"] == "env VLLAMA_PLAN"
+    path = tmp_path / "host.toml"
+    path.write_text('[plan]\ngpus = [0, 1]\n[[plan.engines]]\nmodel = "m"\nargs = "--seed 0"\n')
+    plan = load_plan_file(path)
+    assert plan.gpus == [0, 1] and plan.engines[0].args == ["--seed", "0"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"gpus": [0, 0], "engines": []}', "lists a device twice"),
+        ('{"gpus": -1}', r"a count \(0 or more\)"),
+        ('{"engines": [{"model": "m", "name": "Big_One"}]}', "lower-case letters, digits"),
+        ('{"engines": [{"model": "m", "replicas": "all"}]}', "replicas"),
+        ('{"engines": [{"model": "m", "tp": 2}]}', "engines.0.tp: Extra inputs"),
+        ("gpus = ", "neither JSON nor valid TOML"),
+    ],
+)
+def test_bad_plans_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_plan(text, "host.json")

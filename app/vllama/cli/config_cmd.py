@@ -15,7 +15,8 @@ from vllama.config import Settings, user_config_path
 DESCRIPTIONS: dict[str, str] = {
     "host": "Address the façade listens on. 0.0.0.0 exposes it: put the TLS proxy in front.",
     "port": "Port of the façade; 11434 is Ollama's, so every Ollama client finds it.",
-    "workers": "uvicorn worker processes (1 is right with supervised engines).",
+    "workers": "Façade worker processes sharing the port; more than 1 only in front of engines that run on their own (--engine, [[engines]], [plan]).",
+    "metrics_dir": "With workers > 1: prometheus-client's multiprocess folder (emptied at start); unset: a fresh temporary folder.",
     "max_body_bytes": "Largest request body accepted (413 above it).",
     "max_image_pixels": "Pixels of one image in a request (its header says); larger ones are a 400.",
     "max_queue": "Requests allowed to wait for a free slot before 503 'server busy'.",
@@ -39,13 +40,17 @@ DESCRIPTIONS: dict[str, str] = {
     "connect_timeout_s": "Seconds to connect to an engine.",
     "read_timeout_s": "Longest silence from an engine, in seconds (a non-streamed answer is silent for its whole generation); unset: no limit.",
     "upstream_keep_alive_s": "Seconds an idle connection to an engine is kept (below vLLM's 5 s).",
-    "health_interval_s": "Seconds between engine health checks.",
+    "health_interval_s": "Seconds between engine health checks (and load polls of replicated engines).",
+    "balancer": "Among replicas of a model: load (the engines' own load from /metrics, with prefix affinity), least-outstanding, or round-robin.",
+    "affinity_slack": "A conversation leaves its replica only when that one is more than this many requests (and 1.5 times) busier than the least loaded.",
+    "prefix_affinity": "Keep a conversation on the replica that holds its prefix cache (balancer = load).",
     "breaker_failure_rate": "Failure rate (0-1) over the window that takes an engine out (circuit breaker opens).",
     "breaker_min_calls": "Calls the window must hold before the failure rate counts.",
     "breaker_window_s": "Seconds of calls the failure rate is taken over.",
     "breaker_reset_s": "Seconds before an open breaker lets a trial request through.",
     "retries": "Retries on connection errors, only before the first byte reached the client.",
     "drain_timeout_s": "On SIGTERM/Ctrl-C: seconds in-flight requests get to finish.",
+    "drain_delay_s": "On SIGTERM: seconds /health/ready says 'draining' while requests are still taken, before new connections are refused (above the gateway's health-check interval).",
     "api_keys_file": "File of `name:key[:max_concurrency[:priority]]` lines: keys kept out of this file.",
     "admin_keys_file": "File of admin keys (same format): pull, delete, copy and routing changes need one.",
     "log_format": "auto (text on a terminal, JSON lines otherwise), json or text.",
@@ -88,6 +93,23 @@ _TABLES = """\
 #served_name = "qwen2.5:0.5b"
 #engine_args = ["--max-model-len", "8192", "--enable-prefix-caching"]
 #port = 8001                        # unset: a free port
+
+# This host's GPUs, declared once (`vllama plan` shows the engines it yields; the façade
+# fronts them; `vllama engine --planned NAME` runs one). Here: one TP=4 engine on GPUs 0-3
+# and one engine per GPU on the other four.
+#[plan]
+#gpus = 8                          # a count, or the device ids: [0, 1, 2, 3]
+#base_port = 8001                  # engines without a port take 8001, 8002, ...
+#engine_host = "127.0.0.1"         # 0.0.0.0: Prometheus on another host scrapes them
+#[[plan.engines]]
+#model = "Qwen/Qwen2.5-72B-Instruct"
+#served_name = "qwen2.5:72b"
+#tensor_parallel_size = 4
+#[[plan.engines]]
+#model = "Qwen/Qwen2.5-7B-Instruct"
+#served_name = "qwen2.5:7b"
+#replicas = "fill"                 # one engine per GPU left
+#args = ["--max-model-len", "8192"]
 
 # Client keys. With any key set, every route but /, /api/version and /health* needs one.
 #[[api_keys]]
@@ -134,6 +156,7 @@ def example_config() -> str:
                 "engine_python": '"/opt/vllm/bin/python"',
                 "rate_limit_per_minute": "600",
                 "engine_overhead": '"2GiB"',
+                "metrics_dir": '"/run/vllama/metrics"',
             }
             lines.append(f"#{name} = {hint.get(name, '...')}")
         else:

@@ -20,6 +20,7 @@ from vllama.cli.output import FAILED, OK, emit_json, human_size
 from vllama.cli.serve import bind_error
 from vllama.config import ConfigError, Settings
 from vllama.engine.pins import MIN_DRIVER_MAJOR, VLLM_CUDA, VLLM_VERSION, driver_supported
+from vllama.engine.plan import HostLayout, PlanError, gpu_ranges, plan_host
 from vllama.observability.gpu import probe_gpus
 
 Status = Literal["ok", "warn", "fail"]
@@ -59,6 +60,8 @@ class Facts:
     port_free: bool = True
     port_answer: str | None = None  # what answers on the port when it is taken
     engines: list[EngineFact] = field(default_factory=list)
+    plan: HostLayout | None = None  # the config's [plan], laid out
+    plan_error: str | None = None  # why it could not be
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,62 @@ def _engine_checks(f: Facts) -> list[Check]:
     return out
 
 
+def _plan_checks(f: Facts) -> list[Check]:
+    """Which engine owns which GPU: the plan's assignment held against what NVML sees."""
+    if f.plan_error:
+        return [Check("plan", "fail", f.plan_error, "fix the [plan] table; `vllama plan` shows it")]
+    if f.plan is None:
+        return []
+    lay = f.plan
+    where = f"{len(lay.gpus)} declared GPU(s)" if lay.gpus else "no GPU (CPU host)"
+    out = [Check("plan", "ok", f"{len(lay.engines)} engine(s) on {where}")]
+    seen = {g.index: g for g in f.gpus}
+    missing = [i for i in lay.gpus if i not in seen]
+    # The CPU build runs without the GPUs: a GPU plan there is a warning, not a failure.
+    absent: Status = "warn" if f.cpu_build else "fail"
+    if missing:
+        out.append(
+            Check(
+                "plan-gpus",
+                absent,
+                f"the plan declares GPU(s) {gpu_ranges(missing)} but NVML sees "
+                f"{len(f.gpus)}" + (f" ({gpu_ranges(sorted(seen))})" if seen else ""),
+                "declare only the GPUs `nvidia-smi -L` lists, or fix the driver",
+            )
+        )
+    for index in sorted(set(lay.gpus) | set(seen)):
+        gpu = seen.get(index)
+        label = f"gpu{index}-engine"
+        what = f"{gpu.name}, " if gpu else ""
+        owner = lay.owner(index)
+        if index not in lay.gpus:
+            out.append(Check(label, "ok", f"{what}not in the plan (no engine uses it)"))
+        elif owner is None:
+            out.append(
+                Check(
+                    label,
+                    "warn",
+                    f"{what}declared but no engine uses it",
+                    'add an engine line (replicas = "fill" takes every GPU left) or drop '
+                    "it from `gpus`",
+                )
+            )
+        else:
+            shape = f"TP={owner.tensor_parallel_size}"
+            if owner.pipeline_parallel_size > 1:
+                shape += f" x PP={owner.pipeline_parallel_size}"
+            out.append(
+                Check(
+                    label,
+                    "ok" if gpu is not None else absent,
+                    f"{what}engine {owner.name} ({owner.served_name}, {shape} on GPU(s) "
+                    f"{gpu_ranges(owner.gpus)}, port {owner.port})"
+                    + ("" if gpu else "; NVML does not see this GPU"),
+                )
+            )
+    return out
+
+
 def evaluate(f: Facts) -> list[Check]:
     if f.config_error:
         config = Check(
@@ -218,6 +277,7 @@ def evaluate(f: Facts) -> list[Check]:
     return [
         config,
         *_gpu_checks(f),
+        *_plan_checks(f),
         _cuda_visible_check(f),
         _disk_check(f),
         _port_check(f),
@@ -275,7 +335,15 @@ def gather_facts(settings: Settings | None, config_error: str | None) -> Facts:
         f.disk_free = None
     f.host, f.port = settings.host, settings.port
     _port(f, settings)
-    f.engines = [_engine(e.url) for e in settings.engines]
+    urls = [e.url for e in settings.engines]
+    if settings.plan is not None:
+        try:
+            f.plan = plan_host(settings.plan, facade_port=settings.port)
+        except PlanError as exc:
+            f.plan_error = str(exc)
+        else:
+            urls += [e.url for e in f.plan.engines if e.url not in urls]
+    f.engines = [_engine(url) for url in urls]
     return f
 
 

@@ -2,6 +2,10 @@
 builds. The entry point of systemd's engine unit and compose's engine services, so no ops
 file spells vLLM's command line itself.
 
+`--planned NAME` (env VLLAMA_ENGINE_PLANNED) runs engine NAME of the config's `[plan]`
+(`vllama plan` lists them): model, name, host, port, flags and its GPUs
+(CUDA_VISIBLE_DEVICES) all come from the one declaration.
+
 Every option may come from the environment instead (an env file, compose's
 `environment:`): VLLAMA_ENGINE_MODEL, _NAME, _HOST, _PORT, _ARGS, _ARGS_FILE. Engine flags
 are a list, never a word-split string: VLLAMA_ENGINE_ARGS and the file hold a JSON list
@@ -18,11 +22,13 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from vllama.cli.output import FAILED, USAGE, CliError, emit_json
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import ENGINE_HOST, EngineSpec, engine_spec, is_cpu_build
+from vllama.engine.plan import PlanError, plan_host
 from vllama.models.store import ModelStore
 
 DEFAULT_PORT = 8000  # vLLM's own default
@@ -33,6 +39,7 @@ ENV = {
     "port": "VLLAMA_ENGINE_PORT",
     "args": "VLLAMA_ENGINE_ARGS",
     "args_file": "VLLAMA_ENGINE_ARGS_FILE",
+    "planned": "VLLAMA_ENGINE_PLANNED",
 }
 
 
@@ -57,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help=f"engine flags: a JSON list or shell-quoted text (env {ENV['args_file']})",
+    )
+    p.add_argument(
+        "--planned",
+        default=None,
+        metavar="NAME",
+        help=f"run engine NAME of the config's [plan] (env {ENV['planned']}; `vllama plan` lists them)",
     )
     p.add_argument(
         "--print",
@@ -124,8 +137,45 @@ def check_model_ready(model: str, settings: Settings, environ: Mapping[str, str]
         )
 
 
+def planned(
+    name: str, settings: Settings, extra: list[str], environ: Mapping[str, str]
+) -> EngineSpec:
+    """Engine `name` of the config's [plan], with its GPUs in its environment."""
+    if settings.plan is None:
+        raise CliError(
+            f"--planned {name}: the configuration has no [plan]; add one or give --model", USAGE
+        )
+    try:
+        lay = plan_host(settings.plan, facade_port=settings.port)
+    except PlanError as exc:
+        raise CliError(f"the plan cannot be laid out: {exc}", USAGE) from exc
+    chosen = next((e for e in lay.engines if e.name == name), None)
+    if chosen is None:
+        names = ", ".join(e.name for e in lay.engines) or "none"
+        raise CliError(f"the plan has no engine '{name}' (it has: {names})", USAGE)
+    check_model_ready(chosen.model, settings, environ)
+    launch = ModelLaunch(
+        model=chosen.model, served_name=chosen.served_name, engine_args=[*chosen.args, *extra]
+    )
+    spec = engine_spec(
+        launch,
+        settings,
+        chosen.port,
+        cpu_build=is_cpu_build(),
+        host=chosen.host,
+        environ=environ,
+    )
+    gpu_env = {k: v for k, v in chosen.env().items() if not k.startswith("VLLAMA_ENGINE_")}
+    return replace(spec, env={**spec.env, **gpu_env})
+
+
 def plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> EngineSpec:
     """The engine `vllama engine` would run, from flags, then the environment."""
+    name = getattr(args, "planned", None) or environ.get(ENV["planned"], "").strip()
+    if name and args.model:
+        raise CliError("give --planned NAME or --model, not both", USAGE)
+    if name:
+        return planned(name, settings, engine_flags(args, environ), environ)
     model = args.model or environ.get(ENV["model"], "").strip()
     if not model:
         raise CliError(f"give the model: --model NAME_OR_PATH or {ENV['model']}", USAGE)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama import __version__
-from vllama.cli import config_cmd, doctor, engine_cmd, models_cmd, run_cmd, serve
+from vllama.cli import config_cmd, doctor, engine_cmd, models_cmd, plan_cmd, run_cmd, serve
 from vllama.cli.output import USAGE, CliError, fail
 from vllama.config import ConfigError, Settings, load_settings
 
@@ -51,6 +51,19 @@ def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
         "go to vLLM unchanged.",
     )
     engine_cmd.add_arguments(p)
+
+    p = sub.add_parser(
+        "plan",
+        help="the engines this host's GPU declaration yields (ports, devices, commands)",
+        description="Lay out the engines of a host's declaration ([plan] in the config, or "
+        "--file): names, GPUs, ports, /dev/shm, the `vllama engine` command of each, the "
+        "façade's engine list and the Prometheus targets.",
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="config file (instead of ./vllama.toml)"
+    )
+    p.add_argument("--port", type=int, default=None, help="the façade's port, kept free")
+    plan_cmd.add_arguments(p)
 
     p = sub.add_parser("pull", help="download a model from the Hugging Face hub")
     _common(p)
@@ -140,6 +153,7 @@ _RUNNERS = {
     "show": models_cmd.run_show,
     "config": config_cmd.run,
     "engine": engine_cmd.run,
+    "plan": plan_cmd.run,
 }
 
 

@@ -1,16 +1,18 @@
 """`vllama serve`: supervised engines (from --model / --demo / the config), then the façade.
 
 Order: check the façade's port, start the engines and wait (spinner), start uvicorn. On
-SIGINT/SIGTERM uvicorn drains (no new connections, in-flight streams finish, bounded by
-drain_timeout_s), then every engine's process group gets SIGTERM, SIGKILL after
-engine_grace_s.
+SIGINT/SIGTERM uvicorn drains (/health/ready says "draining" for drain_delay_s on
+SIGTERM, then no new connections, in-flight streams finish, bounded by drain_timeout_s),
+then every engine's process group gets SIGTERM, SIGKILL after engine_grace_s.
+
+With workers > 1 this process runs the worker processes instead (server/workers.py), in
+front of engines that run on their own; supervised engines are refused there.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import socket
 import sys
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from vllama.cli.client import facade_url
 from vllama.cli.output import ENGINE_START, FAILED, OK, USAGE, CliError
+from vllama.cli.plan_cmd import with_planned_engines
 from vllama.cli.progress import LoadProgress
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import PASSTHROUGH_FLAGS, is_cpu_build
@@ -159,24 +162,30 @@ def make_scheduler(
 
 def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
     _configure_logging(settings)
+    with_planned_engines(settings)
+    if settings.workers > 1 and (args.demo or settings.models):
+        # Supervised engines (and the on-demand ones the pool starts) live in one process.
+        raise CliError(
+            f"workers = {settings.workers} needs engines that run on their own: supervised "
+            "engines (--model, --demo, [[models]]) live in one façade process. Start the "
+            "engines with `vllama engine` (systemd, compose; `vllama plan` lays them out) "
+            "and give their URLs (--engine, [[engines]], [plan]), or set workers = 1",
+            USAGE,
+        )
     todo = launches(args, settings)
     if settings.on_demand and not vllm_available(settings):
         log.info("on-demand engines off: vLLM is not installed for this interpreter")
         settings.on_demand = False
     if not todo and not settings.engines and not settings.on_demand:
         raise CliError(
-            "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, or "
-            "--demo (or install vLLM here, so that pulled models load on demand)",
+            "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, --demo, "
+            "or declare the host's engines in the config's [plan] (or install vLLM here, so "
+            "that pulled models load on demand)",
             USAGE,
         )
     _check_port_free(settings.host, settings.port)
     if settings.workers > 1:
-        # The supervisor and the restart counter live in this one process.
-        print(
-            f"vllama serve: workers = {settings.workers} is not supported here; running one "
-            "worker (run several `vllama serve --engine` behind the proxy to scale out)",
-            file=sys.stderr,
-        )
+        return _serve_workers(settings)
     for launch, _ in todo:  # never start an engine on a half-written model
         reason = ModelStore(settings).unfinished(settings.resolve_alias(launch.model))
         if reason:
@@ -238,35 +247,33 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
 
 
 def _serve_facade(settings: Settings, supervisor: Supervisor, scheduler: EngineScheduler) -> None:
-    import uvicorn
+    from vllama.server.workers import facade_app, serve_here
 
-    from vllama.models.store import ApiModelStore
-    from vllama.server.app import create_app
-    from vllama.server.http import uvicorn_config
-
-    app = create_app(settings, loader=scheduler)
-    if getattr(app.state, "model_store", None) is None:  # /api/pull, /api/delete do real work
-        app.state.model_store = ApiModelStore(ModelStore(settings))
+    app = facade_app(settings, loader=scheduler)
     metrics = getattr(app.state, "metrics", None)
     if metrics is not None:
         supervisor.on_restart = metrics.engine_restarted
-
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, /health/ready turns 503 ("draining") while streams finish."""
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            app.state.draining = True
-            super().handle_exit(sig, frame)
-
-    config = uvicorn_config(
-        app,
-        settings,
-        log_config=None,  # keep the logging set up above
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-    )
     print(f"vllama: serving on {facade_url(settings)} (Ctrl-C stops)", file=sys.stderr)
     try:
-        DrainingServer(config).run()
+        serve_here(settings, app)
     except SystemExit as exc:
         if exc.code:
             raise CliError("the façade could not start (see the messages above)", FAILED) from exc
+
+
+def _serve_workers(settings: Settings) -> int:
+    """workers > 1: this process binds the port and runs the workers (server/workers.py)."""
+    from vllama.server.workers import serve_workers
+
+    print(
+        f"vllama: serving on {facade_url(settings)} with {settings.workers} worker processes "
+        "(Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    try:
+        ok = serve_workers(settings)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc}", FAILED) from exc
+    if not ok:
+        raise CliError("façade workers kept dying (see the errors above)", FAILED)
+    return OK

@@ -45,6 +45,7 @@ PASSTHROUGH_FLAGS: tuple[tuple[str, bool], ...] = (
 # Flags that make the CPU build of vLLM start on a machine without a GPU: bfloat16 is the
 # dtype its kernels take, and a short context keeps the KV cache inside 1 GiB.
 CPU_DEFAULT_FLAGS: dict[str, str] = {"--dtype": "bfloat16"}
+PER_REQUEST_METRICS = "--enable-per-request-metrics"  # vLLM 0.32 (engine/pins.py)
 DEMO_CPU_FLAGS: dict[str, str] = {"--dtype": "bfloat16", "--max-model-len": "512"}
 
 
@@ -187,6 +188,11 @@ def engine_spec(
             args.append("--enforce-eager")
     if sleep_mode and not has_flag(args, "--enable-sleep-mode"):
         args.append("--enable-sleep-mode")
+    if not has_flag(args, PER_REQUEST_METRICS) and not has_flag(args, "--disable-log-stats"):
+        # Answers say how long their generation took: /api `stream: false` is then asked
+        # for whole, not streamed (docs/performance-analysis.md). vLLM refuses the flag
+        # next to --disable-log-stats.
+        args.append(PER_REQUEST_METRICS)
     command = engine_command(
         python or settings.engine_python or sys.executable,
         model=model_ref,

@@ -6,13 +6,17 @@ completions and API keys never reach a log record (the key's *name* does).
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
 import sys
+import time
 from typing import IO, Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
+from vllama import fastjson
 from vllama.config import Settings
 
 ACCESS_LOGGER = "vllama.access"
@@ -85,9 +89,43 @@ class _TextFormatter(logging.Formatter):
         return f"{line} {' '.join(extras)}{nl}{rest}"
 
 
+def _compact_dumps(obj: Any, **options: Any) -> str:
+    return json.dumps(obj, **options, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4)
+def _local_second(second: int) -> str:
+    return time.strftime(logging.Formatter.default_time_format, time.localtime(second))
+
+
 class _JsonFormatter(JsonFormatter):
     """JSON escapes C0 controls itself; DEL, C1 controls and U+2028/2029 are written as
-    \\u escapes too, so that no reader splits or garbles a line."""
+    \\u escapes too, so that no reader splits or garbles a line.
+
+    The access line (one per request) takes a short path to the same text: its fields
+    are known, so python-json-logger's walk over every record attribute is skipped.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name != ACCESS_LOGGER or record.exc_info or record.stack_info or record.args:
+            return super().format(record)
+        fields = record.__dict__
+        line: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.msg,
+        }
+        for key in ACCESS_FIELDS:
+            if key in fields:
+                line[key] = fields[key]
+        return _UNSAFE.sub(_escape_json, fastjson.dumps(line).decode())
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        # logging's default format: "%Y-%m-%d %H:%M:%S,mmm"
+        return f"{_local_second(int(record.created))},{int(record.msecs):03d}"
 
     def jsonify_log_record(self, log_record: Any) -> str:
         return _UNSAFE.sub(_escape_json, str(super().jsonify_log_record(log_record)))
@@ -99,6 +137,7 @@ def make_formatter(fmt: Literal["json", "text"]) -> logging.Formatter:
             _JSON_FORMAT,
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             json_ensure_ascii=False,
+            json_serializer=_compact_dumps,  # the access line's separators (fastjson)
         )
     return _TextFormatter(_TEXT_FORMAT)
 
@@ -154,6 +193,10 @@ _access = logging.getLogger(ACCESS_LOGGER)
 
 
 def log_access(**fields: Any) -> None:
-    """One line per request; `fields` are a subset of ACCESS_FIELDS."""
+    """One line per request; `fields` are a subset of ACCESS_FIELDS, in that order. The
+    record is made directly: Logger.info would look up the caller's frame, unused here."""
     if _access.isEnabledFor(logging.INFO):
-        _access.info("request", extra=fields)
+        record = _access.makeRecord(
+            ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra=fields
+        )
+        _access.handle(record)

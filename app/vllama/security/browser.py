@@ -124,14 +124,28 @@ def is_loopback(address: str | None) -> bool:
         return address.lower() == "localhost"
 
 
+_SEEN_MAX = 256
+
+
 class HostPolicy:
     def __init__(self, extra: Iterable[str] = ()) -> None:
         names = {e.strip().lower() for e in extra if e.strip()}
         self.any = "*" in names
         self._extra = frozenset(_split_host(n) for n in names if n != "*")
         self._hostname = socket.gethostname().lower()
+        self._seen: dict[str, bool] = {}
 
     def allows(self, host_header: str) -> bool:
+        """Verdicts are kept per Host value (bounded: clients choose the header), since
+        the same few names come with every request."""
+        verdict = self._seen.get(host_header)
+        if verdict is None:
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            verdict = self._seen[host_header] = self._allows(host_header)
+        return verdict
+
+    def _allows(self, host_header: str) -> bool:
         if self.any:
             return True
         host = _split_host(host_header)

@@ -148,6 +148,10 @@ class KeyStore:
     def names(self) -> list[str]:
         return [k.name for _, k in self._keys]
 
+    def limited_names(self) -> list[str]:
+        """Names of the keys with a `max_concurrency`."""
+        return [k.name for _, k in self._keys if k.max_concurrency is not None]
+
     def check(self, presented: str) -> ApiKey | None:
         """The key matching `presented`, comparing against every key (constant time)."""
         digest = _digest(presented)

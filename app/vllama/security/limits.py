@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 from vllama.config import ApiKey
+from vllama.security.shared import SharedLimits
 
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 BUSY_RETRY_AFTER_S = 2
@@ -25,14 +26,18 @@ BUSY_RETRY_AFTER_S = 2
 
 class KeyConcurrency:
     """Counts running sequences per key name (a request with `n` choices counts `n`);
-    keys without a limit are not counted."""
+    keys without a limit are not counted. With `shared` (several worker processes), the
+    count is the sum over every worker (security/shared.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedLimits | None = None) -> None:
         self._running: dict[str, int] = {}
+        self._shared = shared
 
     def try_acquire(self, key: ApiKey | None, weight: int = 1) -> bool:
         if key is None or key.max_concurrency is None:
             return True
+        if self._shared is not None and self._shared.tracks(key.name):
+            return self._shared.try_acquire(key.name, key.max_concurrency, weight)
         n = self._running.get(key.name, 0)
         if n + weight > key.max_concurrency:
             return False
@@ -42,6 +47,9 @@ class KeyConcurrency:
     def release(self, key: ApiKey | None, weight: int = 1) -> None:
         if key is None or key.max_concurrency is None:
             return
+        if self._shared is not None and self._shared.tracks(key.name):
+            self._shared.release(key.name, weight)
+            return
         n = self._running.get(key.name, 0) - weight
         if n > 0:
             self._running[key.name] = n
@@ -49,6 +57,8 @@ class KeyConcurrency:
             self._running.pop(key.name, None)
 
     def running(self, name: str) -> int:
+        if self._shared is not None and self._shared.tracks(name):
+            return self._shared.running(name)
         return self._running.get(name, 0)
 
 
@@ -122,7 +132,8 @@ class RateLimiter:
     """Token bucket per client: `per_minute` tokens a minute, up to `burst` at once.
 
     At most `max_clients` buckets are kept (least recently seen dropped first) so memory
-    stays bounded whatever the number of clients.
+    stays bounded whatever the number of clients. With `shared` (several worker
+    processes), the buckets live in shared memory and hold across workers.
     """
 
     def __init__(
@@ -132,15 +143,20 @@ class RateLimiter:
         *,
         max_clients: int = 65536,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.max_clients = max_clients
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._shared = shared
 
     def hit(self, client: str) -> float:
         """0.0 when the request may pass (a token is taken), else seconds until it may."""
+        if self._shared is not None:
+            interval = 1.0 / self.rate
+            return self._shared.hit(client, interval, (self.burst - 1.0) * interval, self._clock)
         now = self._clock()
         tokens, last = self._buckets.get(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)

@@ -79,6 +79,7 @@ class Replay:
         self.gone = asyncio.Event()
         self.answered = False  # the answer started: a disconnect no longer cancels
         self.cancelled_app = False
+        self._on_gone: list[Callable[[], None]] = []
 
     def watch(self, task: asyncio.Task[Any] | None) -> None:
         """Start the one consumer of the real channel; cancel `task` if the client leaves
@@ -92,6 +93,27 @@ class Replay:
         if task is not None and not self.answered and not task.done():
             self.cancelled_app = True
             task.cancel()
+        for callback in self._on_gone:
+            callback()
+        self._on_gone.clear()
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` when the client disconnects (soon, if it already has), from the
+        one watcher this Replay runs: a streamed answer needs no watcher task of its own.
+        Returns the function that unregisters it; None when nothing watches the channel
+        (`watch` was not called): the caller then watches `receive` itself."""
+        if self._watcher is None:
+            return None
+        if self.gone.is_set():
+            asyncio.get_running_loop().call_soon(callback)
+            return lambda: None
+        self._on_gone.append(callback)
+
+        def unregister() -> None:
+            if callback in self._on_gone:
+                self._on_gone.remove(callback)
+
+        return unregister
 
     async def __call__(self) -> Message:
         if self._body is not None:

@@ -86,6 +86,12 @@ async def request_json(request: Request) -> Any:
     return jsonbody.loads(raw)
 
 
+def raw_json_body(request: Request) -> bytes | None:
+    """The bytes the middleware parsed `request.state.json` from (None if it did not)."""
+    raw = getattr(request.state, "body", None)
+    return raw if isinstance(raw, bytes) else None
+
+
 def record_usage(request: Request, model: str, prompt: int, completion: int) -> None:
     """Token counts for the access log (`request.state.usage`) and the token counters."""
     request.state.usage = (prompt, completion)

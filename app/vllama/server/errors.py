@@ -103,6 +103,16 @@ def client_gone_response(path: str) -> Response:
     return error_response(path, 499, "request canceled")
 
 
+def internal_error_response(request: Request, exc: Exception) -> Response:
+    """A 500 in the path's shape for an unexpected exception; the log has the traceback."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    request_id = getattr(request.state, "request_id", None)
+    ref = f" (request id {request_id})" if isinstance(request_id, str) else ""
+    return error_response(
+        request.url.path, 500, f"internal error{ref}; the server log has the details"
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in the path's API shape: never a traceback, never HTML."""
 
@@ -142,12 +152,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return client_gone_response(request.url.path)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        request_id = getattr(request.state, "request_id", None)
-        ref = f" (request id {request_id})" if isinstance(request_id, str) else ""
-        return error_response(
-            request.url.path, 500, f"internal error{ref}; the server log has the details"
-        )
+        return internal_error_response(request, exc)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -5,7 +5,9 @@ wrappers before its handler runs; measured, that was a large share of the façad
 per request (docs/performance-analysis.md). These handlers take nothing from FastAPI (a
 Starlette `Request` in, a `Response` out), so this ASGI layer calls them directly for an
 exact `POST` path and hands everything else to the app unchanged. It sits inside
-RequestContextMiddleware, so keys, limits, request ids, access logs and metrics apply alike.
+RequestContextMiddleware, so keys, limits, request ids, access logs and metrics apply alike,
+and outside Starlette's own middleware (server/app.py), so an unexpected exception in a
+handler is answered here as the app's handler for it would: a 500 in the API's shape.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vllama.server import route_table
-from vllama.server.errors import client_gone_response
+from vllama.server.errors import client_gone_response, internal_error_response
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -42,4 +44,6 @@ class FastRoutes:
             response = await handler(request)
         except ClientDisconnect:
             response = client_gone_response(scope["path"])  # as the app's handler answers
+        except Exception as exc:  # nothing was sent yet: a 500 in the API's shape
+            response = internal_error_response(request, exc)
         await response(scope, receive, send)

@@ -254,6 +254,9 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "access_log": False,  # the request middleware logs each request once
         "timeout_keep_alive": settings.keep_alive_s,
         "server_header": False,  # no version banner
+        # X-Forwarded-For is the middleware's (trusted_proxies, bounded hops); uvicorn's
+        # own rewrite of the client address would come first and ignore that setting.
+        "proxy_headers": False,
         **overrides,
     }
     return uvicorn.Config(app, **options)

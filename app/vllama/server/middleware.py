@@ -45,6 +45,7 @@ from vllama.security.limits import (
     client_address,
     retry_after_header,
 )
+from vllama.security.shared import SharedLimits
 from vllama.server import jsonbody
 from vllama.server.body import BodyError, ClientGone, Replay, read_body, too_large_message
 from vllama.server.cost import Bounds, TooCostly, request_weight
@@ -103,6 +104,7 @@ class RequestContextMiddleware:
         settings: Settings,
         metrics: Metrics | None = None,
         keys: KeyStore | None = None,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -114,9 +116,12 @@ class RequestContextMiddleware:
             settings.max_queue,
             metrics.set_queued if metrics is not None else None,
         )
-        self.key_limits = KeyConcurrency()
+        # Per worker process: the queue. Across workers (shared_limits): keys and rates.
+        self.key_limits = KeyConcurrency(shared_limits)
         self.rate: RateLimiter | None = (
-            RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+            RateLimiter(
+                settings.rate_limit_per_minute, settings.rate_limit_burst, shared=shared_limits
+            )
             if settings.rate_limit_per_minute is not None
             else None
         )
@@ -173,10 +178,13 @@ class RequestContextMiddleware:
         status = 0
         replay: Replay | None = None
         extra_headers: list[tuple[bytes, bytes]] = []
+        server_send = send  # the app's messages go straight to the server: one wrapper
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
+                if replay is not None:
+                    replay.answered = True  # a disconnect now cancels nothing
                 status = message["status"]
                 # Ours replaces any the engine echoed, so there is exactly one.
                 headers = [
@@ -187,7 +195,7 @@ class RequestContextMiddleware:
                 if status == 503 and not any(h[0].lower() == b"retry-after" for h in headers):
                     headers.append((b"retry-after", str(BUSY_RETRY_AFTER_S).encode()))
                 message["headers"] = headers
-            await send(message)
+            await server_send(message)
 
         async def refuse(code: int, message: str, *headers: tuple[bytes, bytes]) -> None:
             nonlocal status
@@ -239,7 +247,7 @@ class RequestContextMiddleware:
                 body = await read_body(receive, self.max_body, self.settings.body_timeout_s)
                 replay = Replay(body, receive)
                 receive = replay
-                send = replay.tracking(send)
+                send = replay.tracking(send)  # refusals; send_with_id notes the app's answer
             parsed: Any = None
             if body and _is_json_route(path):
                 try:
@@ -248,6 +256,7 @@ class RequestContextMiddleware:
                     await refuse(400, f"invalid JSON in request body: {exc.message}")
                     return
                 state["json"] = parsed
+                state["body"] = body  # what /v1 forwards when it passes unchanged
             if route in INFERENCE_ROUTES and method == "POST":
                 try:
                     weight = request_weight(route, parsed, self.bounds)
@@ -325,8 +334,12 @@ class RequestContextMiddleware:
         if self.metrics is None:
             await self.app(scope, receive, send)
             return
-        with self.metrics.track_in_flight(api, route):
+        gauge = self.metrics.in_flight_gauge(api, route)
+        gauge.inc()
+        try:
             await self.app(scope, receive, send)
+        finally:
+            gauge.dec()
 
     async def _admit_and_run(
         self,

@@ -199,11 +199,15 @@ def chat_request(body: Any, model: ModelTraits) -> UpstreamCall:
     out.update(thinking_fields(body, model))
     tools = _tools(body.get("tools"))
     if tools:
-        out["tools"] = tools
-        # vLLM rejects tool_choice "auto" unless started with a tool parser: without
-        # one the tools are accepted and the model answers in text, as ollama's docs allow.
         if "tools" not in model.capabilities:
-            out["tool_choice"] = "none"
+            # As Ollama (server/routes.go): tools offered to a model that cannot call them
+            # are a 400, so agents learn it at once instead of getting the call as text.
+            raise TranslationError(
+                f'"{model_name(body)}" does not support tools: its engine was not started '
+                "with --enable-auto-tool-choice and a --tool-call-parser",
+                "tools",
+            )
+        out["tools"] = tools
     out["stream"] = True
     out["stream_options"] = {"include_usage": True}
     return UpstreamCall("/v1/chat/completions", out, True)

@@ -115,11 +115,18 @@ class StreamTranslator:
         self._thinking: list[str] = []
         self._tools = _ToolCallBuffer()
         self._tool_calls: list[dict[str, Any]] = []
+        self._stamp_of = -1.0
+        self._stamp = ""
+
+    def _created_at(self, now: float) -> str:
+        if now != self._stamp_of:  # events of one network read share a clock reading
+            self._stamp_of, self._stamp = now, rfc3339(now)
+        return self._stamp
 
     def _chunk(
         self, now: float, text: str, thinking: str, calls: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        obj: dict[str, Any] = {"model": self.model, "created_at": rfc3339(now)}
+        obj: dict[str, Any] = {"model": self.model, "created_at": self._created_at(now)}
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if thinking:
@@ -163,7 +170,9 @@ class StreamTranslator:
         if not isinstance(thinking, str):
             thinking = delta.get("reasoning_content")
         thinking = thinking if isinstance(thinking, str) else ""
-        self._tools.add(delta.get("tool_calls"))
+        fragments = delta.get("tool_calls")
+        if fragments is not None:
+            self._tools.add(fragments)
         calls: list[dict[str, Any]] = []
         if choice.get("finish_reason") is not None:
             self.finish_reason = choice.get("finish_reason")

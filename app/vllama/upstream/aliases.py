@@ -52,6 +52,10 @@ class Aliases:
         self._added.discard(key)
         return self._targets.pop(key, None) is not None
 
+    def __contains__(self, name: object) -> bool:
+        """`name` (with or without `:latest`) is an alias."""
+        return isinstance(name, str) and strip_latest(name) in self._targets
+
     def of(self, target: str) -> list[str]:
         """Every alias that points at `target`, sorted."""
         return sorted(alias for alias, t in self._targets.items() if t == target)

@@ -1,10 +1,11 @@
 """EnginePool: which engine serves which model, and every request to them.
 
 Discovery (`GET /v1/models` at start, periodically, and when an unknown name is asked
-for), a health loop (`GET /health`), a circuit breaker per engine (a failure rate over a
-window, see breaker.py), least-outstanding choice among replicas, retries of requests that
-never reached an engine, and early exits that close the upstream connection so vLLM
-aborts the request.
+for), a health loop (`GET /health`, and `/metrics` of engines with replicas: their load),
+a circuit breaker per engine (a failure rate over a window, see breaker.py), a choice
+among replicas by their live load and the conversation's prefix (balancer.py), retries of
+requests that never reached an engine, and early exits that close the upstream
+connection so vLLM aborts the request.
 
 Retries, before any byte of an answer came back:
 
@@ -28,17 +29,18 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
+from vllama import fastjson
 from vllama.config import EngineConfig, Settings
 from vllama.names import library_target, strip_latest
 from vllama.upstream import capabilities, discovery
 from vllama.upstream.aliases import Aliases
-from vllama.upstream.balancer import LeastOutstanding
+from vllama.upstream.balancer import EngineLoad, make_balancer
 from vllama.upstream.breaker import BreakerState, CircuitBreaker
 from vllama.upstream.client import MAX_ERROR_BODY, error_message, make_session
 from vllama.upstream.errors import (
@@ -49,6 +51,7 @@ from vllama.upstream.errors import (
     UpstreamError,
     safe_engine_message,
 )
+from vllama.upstream.load import fetch_load
 from vllama.upstream.loader import EngineLoader, LoadState
 from vllama.upstream.sse import SSEDecoder
 
@@ -88,14 +91,23 @@ class ServedModel:
     capabilities: frozenset[str]
 
 
-@dataclass
 class UpstreamResponse:
-    """A raw engine response for pass-through: status, headers, body as network chunks."""
+    """A raw engine response for pass-through: status, headers, and `read()`: every body
+    byte that arrived since the last read (waits for some), b"" at the end."""
 
-    status: int
-    headers: Mapping[str, str]
-    engine: str
-    chunks: AsyncIterator[bytes]
+    __slots__ = ("engine", "headers", "read", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        engine: str,
+        read: Callable[[], Awaitable[bytes]],
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.engine = engine
+        self.read = read
 
 
 class Engine:
@@ -108,9 +120,13 @@ class Engine:
         self.cards: list[discovery.ModelCard] | None = None  # None: never discovered
         self.healthy = False
         self.outstanding = 0
+        self.load: EngineLoad | None = None  # its own figures, when it has replicas
         self.kind: str | None = None  # "completion"/"embedding" once known
         # What the probes found (None: not probed since the engine last came up).
         self.detected: capabilities.Detected | None = None
+        # Whether its answers carry vLLM's per-request timings (--enable-per-request-
+        # metrics), as its last generation said; None: not known since it came up.
+        self.reports_timings: bool | None = None
 
     @property
     def wants_probe(self) -> bool:
@@ -142,7 +158,12 @@ class EnginePool:
         self.aliases = Aliases(settings.aliases, limit=settings.max_aliases)
         self._engines = [self._engine(cfg) for cfg in settings.engines]
         self._by_url = {e.url: e for e in self._engines}
-        self._balancer = LeastOutstanding()
+        self._balancer = make_balancer(
+            settings.balancer,
+            affinity_slack=settings.affinity_slack,
+            prefix_affinity=settings.prefix_affinity,
+        )
+        self._replicated: set[str] = set()  # engines serving a model another one serves too
         self._session: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None  # retries: never a reused connection
         self._served: dict[str, ServedModel] = {}
@@ -362,6 +383,9 @@ class EnginePool:
                         capabilities=known.capabilities | e.capabilities(card),
                     )
         self._served = served
+        self._replicated = {
+            u for m in served.values() if len(m.engine_urls) > 1 for u in m.engine_urls
+        }
 
     # --- discovery and health -----------------------------------------------------------
 
@@ -411,6 +435,7 @@ class EnginePool:
             if was_healthy:
                 log.warning("engine %s failed its health check", engine.url)
                 engine.detected = None  # it may come back with other flags: probe again
+                engine.reports_timings = None
             return
         if engine.breaker.state is BreakerState.HALF_OPEN:
             # Health-checked back in. A passing health check is not a served request: in
@@ -418,6 +443,18 @@ class EnginePool:
             engine.breaker.record_success()
         if rediscover or not was_healthy or engine.cards is None:
             await self._discover(engine)
+        if self._settings.balancer == "load" and engine.url in self._replicated:
+            await self._poll_load(engine, timeout)
+
+    async def _poll_load(self, engine: Engine, timeout: aiohttp.ClientTimeout) -> None:
+        """The engine's own load (upstream/load.py), for choosing among replicas."""
+        outstanding = engine.outstanding
+        sample = await fetch_load(self.session, engine.url, self._auth(engine), timeout)
+        if sample is None:
+            return  # the last figures age out (balancer.STALE_AFTER_S)
+        engine.load = EngineLoad(
+            sample.running, sample.waiting, sample.kv_usage, time.monotonic(), outstanding
+        )
 
     async def _discover(self, engine: Engine) -> None:
         timeout = max(self._settings.connect_timeout_s, 5.0)
@@ -459,14 +496,16 @@ class EnginePool:
         key = engine.config.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _choose(self, name: str, urls: tuple[str, ...], tried: set[str]) -> Engine:
+    def _choose(
+        self, name: str, urls: tuple[str, ...], tried: set[str], affinity: bytes | None = None
+    ) -> Engine:
         replicas = [self._by_url[u] for u in urls if u in self._by_url]
         fresh = [e for e in replicas if e.url not in tried and e.breaker.available()]
         # Health results may be a round old: prefer engines that passed, else try the rest.
         candidates = [e for e in fresh if e.healthy] or fresh
         if not candidates and tried:  # every replica failed once: retry among them
             candidates = [e for e in replicas if e.breaker.available()]
-        engine = self._balancer.pick(candidates)
+        engine = self._balancer.pick(candidates, affinity)
         if engine is None:
             log.warning(
                 "no engine available for model %r: %s down or taken out by their breakers",
@@ -532,6 +571,7 @@ class EnginePool:
         path: str,
         data: bytes,
         headers: Mapping[str, str] | None,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[tuple[_Call, aiohttp.ClientResponse]]:
         if model is not None and self.loader is not None and not self._reachable(model):
             # Its on-demand engine was unloaded since the model was resolved: load again.
@@ -543,7 +583,7 @@ class EnginePool:
         last: Exception | None = None
         for _attempt in range(self._settings.retries + 1):
             try:
-                engine = self._choose(name, urls, tried)
+                engine = self._choose(name, urls, tried, affinity)
             except NoHealthyEngine:
                 if last is None:
                     raise
@@ -614,7 +654,7 @@ class EnginePool:
         return self._json_body(model, body, **extra)
 
     def _json_body(self, model: ServedModel, body: dict[str, Any], **extra: Any) -> bytes:
-        return json.dumps({**body, "model": model.id, **extra}, ensure_ascii=False).encode()
+        return fastjson.dumps({**body, "model": model.id, **extra})
 
     @staticmethod
     def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -628,9 +668,11 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> dict[str, Any]:
         data = await self._encode(model, body, large)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
             if resp.status >= 400:
                 raise await self._error(call, resp)
             raw = await _read(call, resp)
@@ -643,6 +685,67 @@ class EnginePool:
                 raise UpstreamError("the model's engine sent an answer that is not JSON")
         return answer
 
+    def reports_timings(self, model: ServedModel) -> bool:
+        """Whether every engine of `model` answered its last generation with vLLM's
+        per-request timings: a whole (not streamed) answer then still says how long the
+        generation took."""
+        engines = [self._by_url.get(u) for u in model.engine_urls]
+        return bool(engines) and all(e is not None and e.reports_timings for e in engines)
+
+    async def generate_whole(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        large: bool = False,
+        affinity: bytes | None = None,
+    ) -> tuple[dict[str, Any], float | None]:
+        """A generation answered whole, and its generation time (first to last token, as
+        the engine measured it; None if the answer did not say)."""
+        data = await self._encode(model, body, large, stream=False)
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
+            if resp.status >= 400:
+                raise await self._error(call, resp)
+            raw = await _read(call, resp)
+            try:
+                answer = fastjson.loads(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                call.fail("protocol", f"answered {path} with something not a JSON object")
+                raise UpstreamError("the model's engine sent an answer that is not JSON")
+            seconds = generation_seconds(answer)
+            call.engine.reports_timings = seconds is not None
+        return answer, seconds
+
+    @contextlib.asynccontextmanager
+    async def stream_batches(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        large: bool = False,
+        affinity: bytes | None = None,
+    ) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
+        """A streamed answer's events, as the network delivers them: each item holds every
+        event one read completed (one or many), so a caller can handle them in one pass.
+        `affinity`: the conversation's key (balancer.affinity_key), for prefix affinity."""
+        data = await self._encode(model, body, large, stream=True)
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
+            if resp.status >= 400:
+                raise await self._error(call, resp)
+            batches = _event_batches(call, resp)
+            try:
+                yield batches
+            finally:
+                await batches.aclose()
+
     @contextlib.asynccontextmanager
     async def stream_events(
         self,
@@ -652,12 +755,15 @@ class EnginePool:
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        data = await self._encode(model, body, large, stream=True)
-        async with self._open(model, "POST", path, data, self._headers(headers)) as (call, resp):
-            if resp.status >= 400:
-                raise await self._error(call, resp)
-            events = _events(call, resp)
+        """A streamed answer's events, one by one. `affinity`: the conversation's key
+        (balancer.affinity_key), for prefix affinity."""
+        streamed = self.stream_batches(
+            model, path, body, headers=headers, large=large, affinity=affinity
+        )
+        async with streamed as batches:
+            events = _flatten(batches)
             try:
                 yield events
             finally:
@@ -671,15 +777,20 @@ class EnginePool:
         path: str,
         body: bytes,
         headers: Mapping[str, str],
+        affinity: bytes | None = None,
     ) -> AsyncIterator[UpstreamResponse]:
-        async with self._open(model, method, path, body, headers) as (call, resp):
+        async with self._open(model, method, path, body, headers, affinity) as (call, resp):
             if resp.status >= 400:  # never the engine's own error text: a safe message
                 raise await self._error(call, resp)
-            chunks = _chunks(call, resp)
-            try:
-                yield UpstreamResponse(resp.status, resp.headers, call.engine.url, chunks)
-            finally:
-                await chunks.aclose()
+            content = resp.content
+
+            async def read() -> bytes:
+                try:
+                    return await content.readany()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise call.lost(exc) from exc
+
+            yield UpstreamResponse(resp.status, resp.headers, call.engine.url, read)
 
 
 _NO_ANSWER = "the model's engine stopped answering; retry, or tell the operator if it persists"
@@ -715,39 +826,70 @@ async def _read(call: _Call, resp: aiohttp.ClientResponse, limit: int | None = N
         raise call.lost(exc) from exc
 
 
-async def _chunks(call: _Call, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+async def _event_batches(
+    call: _Call, resp: aiohttp.ClientResponse
+) -> AsyncGenerator[list[dict[str, Any]], None]:
+    decoder = SSEDecoder()
+    content = resp.content
     try:
-        async for chunk in resp.content.iter_any():
-            yield chunk
+        while chunk := await content.readany():
+            batch: list[dict[str, Any]] = []
+            for data in decoder.feed(chunk):
+                if data == b"[DONE]":
+                    if batch:
+                        yield batch
+                    await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
+                    return
+                try:
+                    batch.append(_event(call, data))
+                except UpstreamError:
+                    if batch:  # the events before the failure still go out first
+                        yield batch
+                    raise
+            if batch:
+                yield batch
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise call.lost(exc) from exc
-
-
-async def _events(
-    call: _Call, resp: aiohttp.ClientResponse
-) -> AsyncGenerator[dict[str, Any], None]:
-    decoder = SSEDecoder()
-    async for chunk in _chunks(call, resp):
-        for data in decoder.feed(chunk):
-            if data == "[DONE]":
-                await _read(call, resp, MAX_ERROR_BODY)  # the chunked terminator: reusable
-                return
-            try:
-                event = json.loads(data)
-            except ValueError:
-                call.fail("protocol", "sent an event that is not JSON")
-                raise UpstreamError("the model's engine sent an event that is not JSON") from None
-            if not isinstance(event, dict):
-                call.fail("protocol", "sent an event that is not an object")
-                raise UpstreamError("the model's engine sent an event that is not an object")
-            err = event.get("error")
-            if err is not None and "choices" not in event:
-                text = err.get("message") if isinstance(err, dict) else str(err)
-                code = err.get("code") if isinstance(err, dict) else None
-                status = code if isinstance(code, int) and 400 <= code < 600 else 500
-                log.warning("engine %s failed mid-stream (%d): %s", call.engine.url, status, text)
-                message, param = safe_engine_message(status, str(text or ""))
-                raise EngineHTTPError(status, message, param=param)
-            yield event
     call.fail("protocol", "ended the stream before [DONE]")
     raise EngineConnectionError(_NO_ANSWER, status=502)
+
+
+def _event(call: _Call, data: bytes) -> dict[str, Any]:
+    """One SSE event's JSON object; an engine's error event raised as an EngineHTTPError."""
+    try:
+        event = fastjson.loads(data)
+    except ValueError:
+        call.fail("protocol", "sent an event that is not JSON")
+        raise UpstreamError("the model's engine sent an event that is not JSON") from None
+    if not isinstance(event, dict):
+        call.fail("protocol", "sent an event that is not an object")
+        raise UpstreamError("the model's engine sent an event that is not an object")
+    if "usage" in event and not event.get("choices"):  # the final event: timings ride on it
+        call.engine.reports_timings = generation_seconds(event) is not None
+    err = event.get("error")
+    if err is not None and "choices" not in event:
+        text = err.get("message") if isinstance(err, dict) else str(err)
+        code = err.get("code") if isinstance(err, dict) else None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 500
+        log.warning("engine %s failed mid-stream (%d): %s", call.engine.url, status, text)
+        message, param = safe_engine_message(status, str(text or ""))
+        raise EngineHTTPError(status, message, param=param)
+    return event
+
+
+def generation_seconds(answer: dict[str, Any]) -> float | None:
+    """vLLM's `metrics.generation_time_ms` (first to last token) in seconds, when the engine
+    runs with --enable-per-request-metrics."""
+    metrics = answer.get("metrics")
+    ms = metrics.get("generation_time_ms") if isinstance(metrics, dict) else None
+    if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms >= 0:
+        return ms / 1000
+    return None
+
+
+async def _flatten(
+    batches: AsyncIterator[list[dict[str, Any]]],
+) -> AsyncGenerator[dict[str, Any], None]:
+    async for batch in batches:
+        for event in batch:
+            yield event

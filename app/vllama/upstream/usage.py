@@ -7,9 +7,10 @@ never parsed in full just to count tokens.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
+
+from vllama import fastjson
 
 # One level of nesting allowed inside usage (`prompt_tokens_details`).
 _USAGE = re.compile(rb'"usage":\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
@@ -50,7 +51,7 @@ def usage_from_tail(tail: bytes) -> tuple[int, int] | None:
     if not matches:
         return None
     try:
-        usage = json.loads(matches[-1])
+        usage = fastjson.loads(matches[-1])
     except ValueError:
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)

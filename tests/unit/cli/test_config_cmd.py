@@ -13,7 +13,7 @@ from vllama.cli.config_cmd import DESCRIPTIONS, example_config
 from vllama.cli.main import main
 from vllama.config import Settings, load_settings
 
-TABLES = {"engines", "models", "aliases", "api_keys", "admin_keys"}
+TABLES = {"engines", "models", "plan", "aliases", "api_keys", "admin_keys"}
 
 
 def test_example_mentions_every_setting() -> None:
@@ -45,6 +45,7 @@ def test_example_with_everything_uncommented_loads(tmp_path: Path) -> None:
     assert settings.models[0].engine_args[:2] == ["--max-model-len", "8192"]
     assert settings.api_keys[0].name == "team-a" and settings.api_keys[0].priority == 0
     assert settings.rate_limit_per_minute == 600 and settings.cache_dir is not None
+    assert settings.plan is not None and settings.plan.engines[1].replicas == "fill"
 
 
 def test_config_show_json_has_sources_and_hides_keys(

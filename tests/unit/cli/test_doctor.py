@@ -11,7 +11,9 @@ import pytest
 
 from vllama.cli.doctor import Check, EngineFact, Facts, Gpu, evaluate
 from vllama.cli.main import main
+from vllama.config import HostPlan
 from vllama.engine.pins import VLLM_CUDA, VLLM_VERSION
+from vllama.engine.plan import HostLayout, plan_host
 
 GB = 10**9
 
@@ -164,3 +166,44 @@ def test_gathering_uses_the_one_nvml_probe(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "pynvml", None)  # the package missing, for real
     f = gather_facts(None, None)
     assert f.gpus == [] and f.nvml_error is not None and "nvidia-ml-py" in f.nvml_error
+
+
+def _planned(gpus: int, *engines: dict[str, object]) -> HostLayout:
+    return plan_host(HostPlan.model_validate({"gpus": gpus, "engines": list(engines)}))
+
+
+def test_doctor_shows_which_engine_owns_which_gpu() -> None:
+    f = healthy()
+    f.gpus = [Gpu(i, "NVIDIA H100", 80 * GB, 70 * GB) for i in range(4)]
+    f.plan = _planned(
+        4,
+        {"model": "org/big", "name": "big", "served_name": "big", "tensor_parallel_size": 2},
+        {"model": "org/small", "name": "small", "served_name": "small"},
+    )
+    checks = {c.name: c for c in evaluate(f)}
+    assert (
+        checks["plan"].status == "ok"
+        and "2 engine(s) on 4 declared GPU(s)" in checks["plan"].detail
+    )
+    assert "engine big (big, TP=2 on GPU(s) 0-1, port 8001)" in checks["gpu1-engine"].detail
+    assert "engine small (small, TP=1 on GPU(s) 2, port 8002)" in checks["gpu2-engine"].detail
+    assert checks["gpu3-engine"].status == "warn"
+    assert "declared but no engine uses it" in checks["gpu3-engine"].detail
+
+
+def test_doctor_fails_a_plan_for_gpus_nvml_does_not_see() -> None:
+    f = healthy()  # one GPU
+    f.plan = _planned(2, {"model": "org/m", "name": "m", "replicas": "fill"})
+    checks = {c.name: c for c in evaluate(f)}
+    assert checks["plan-gpus"].status == "fail"
+    assert "declares GPU(s) 1 but NVML sees 1 (0)" in checks["plan-gpus"].detail
+    assert checks["gpu1-engine"].status == "fail"
+    assert "NVML does not see this GPU" in checks["gpu1-engine"].detail
+    assert checks["gpu0-engine"].status == "ok"
+
+
+def test_doctor_reports_a_plan_that_cannot_be_laid_out() -> None:
+    f = healthy()
+    f.plan_error = "the engines ask for 10 GPUs"
+    check = next(c for c in evaluate(f) if c.name == "plan")
+    assert check.status == "fail" and "10 GPUs" in check.detail

@@ -143,3 +143,53 @@ def test_offline_engine_refuses_a_model_that_is_not_in_the_cache(tmp_path: Path)
         plan(args, settings, {"HF_HUB_OFFLINE": "1"})
     assert "not in the model cache" in str(err.value) and "vllama pull org/absent" in str(err.value)
     assert plan(args, settings, {}).command  # online, vLLM may download it itself
+
+
+def test_planned_engine_comes_whole_from_the_declaration() -> None:
+    args = build_parser().parse_args(["engine", "--planned", "big-1"])
+    args.engine_extra = ["--seed", "0"]
+    settings = Settings.model_validate(
+        {
+            "plan": {
+                "gpus": 8,
+                "engines": [
+                    {
+                        "model": "org/big",
+                        "served_name": "big",
+                        "tensor_parallel_size": 4,
+                        "replicas": 2,
+                    }
+                ],
+            }
+        }
+    )
+    spec = plan(args, settings, {})
+    cmd = spec.command
+    assert cmd[cmd.index("--port") + 1] == "8002" and cmd[cmd.index("--model") + 1] == "org/big"
+    flags = _flags_after_name(cmd)
+    assert flags[:4] == ["--tensor-parallel-size", "4", "--seed", "0"]
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    assert spec.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    # The environment names it as well (systemd's env file: VLLAMA_ENGINE_PLANNED=big-0).
+    args = build_parser().parse_args(["engine"])
+    args.engine_extra = []
+    assert (
+        plan(args, settings, {"VLLAMA_ENGINE_PLANNED": "big-0"}).env["CUDA_VISIBLE_DEVICES"]
+        == "0,1,2,3"
+    )
+
+
+def test_planned_engine_errors_name_the_choices() -> None:
+    args = build_parser().parse_args(["engine", "--planned", "nope"])
+    args.engine_extra = []
+    settings = Settings.model_validate(
+        {"plan": {"gpus": 1, "engines": [{"model": "org/m", "name": "m"}]}}
+    )
+    with pytest.raises(CliError, match=r"no engine 'nope' \(it has: m\)"):
+        plan(args, settings, {})
+    with pytest.raises(CliError, match="has no \\[plan\\]"):
+        plan(args, Settings.model_validate({}), {})
+    args = build_parser().parse_args(["engine", "--planned", "m", "--model", "x"])
+    args.engine_extra = []
+    with pytest.raises(CliError, match="not both"):
+        plan(args, settings, {})

@@ -107,6 +107,24 @@ def test_serve_with_nothing_to_serve_says_what_to_give(
     assert "--engine URL" in err and "--demo" in err
 
 
+@pytest.mark.parametrize("argv", [["serve", "--demo"], ["serve", "--model", "org/m"]])
+def test_serve_refuses_workers_with_supervised_engines(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("VLLAMA_WORKERS", "3")
+    monkeypatch.setenv("VLLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "workers = 3 needs engines that run on their own" in err
+    assert "vllama engine" in err and "workers = 1" in err
+    assert not (tmp_path / "cache").exists()  # refused before building or starting anything
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from vllama import __version__
 

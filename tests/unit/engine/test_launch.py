@@ -27,7 +27,9 @@ def test_repo_id_on_a_gpu_build() -> None:
     assert (
         "--model Qwen/Qwen2.5-0.5B-Instruct --served-model-name Qwen/Qwen2.5-0.5B-Instruct" in cmd
     )
-    assert "--dtype" not in cmd and cmd.endswith("--max-model-len 8192")
+    assert "--dtype" not in cmd and cmd.endswith(
+        "--max-model-len 8192 --enable-per-request-metrics"
+    )
     assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env and "HF_HUB_OFFLINE" not in spec.env
     assert spec.url == "http://127.0.0.1:8100"
     assert spec.engine_config().models == ["Qwen/Qwen2.5-0.5B-Instruct"]
@@ -140,3 +142,25 @@ def test_memory_budget_placement_and_sleep_mode_reach_the_engine() -> None:
         environ={},
     )
     assert "VLLM_CPU_KVCACHE_SPACE" not in sized.env
+
+
+def test_engines_report_per_request_timings_unless_stats_are_off() -> None:
+    # /api stream:false is answered whole by engines whose answers carry their timings.
+    from vllama.config import Settings
+    from vllama.engine.launch import ModelLaunch, engine_spec
+
+    settings = Settings()
+    plain = engine_spec(ModelLaunch(model="m"), settings, 8001, cpu_build=False)
+    assert plain.command.count("--enable-per-request-metrics") == 1
+    given = ModelLaunch(model="m", engine_args=["--enable-per-request-metrics"])
+    assert (
+        engine_spec(given, settings, 8001, cpu_build=True).command.count(
+            "--enable-per-request-metrics"
+        )
+        == 1
+    )
+    quiet = ModelLaunch(model="m", engine_args=["--disable-log-stats"])
+    assert (
+        "--enable-per-request-metrics"
+        not in engine_spec(quiet, settings, 8001, cpu_build=False).command
+    )  # vLLM refuses the two together

@@ -8,7 +8,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from vllama.observability.gpu import Gpu, gpu_info, gpu_report, probe_gpus
+from vllama.observability.gpu import Gpu, GpuProbe, gpu_info, gpu_report, probe_gpus
 
 
 class NvmlError(Exception):
@@ -98,3 +98,48 @@ def test_this_machine_answers_without_raising() -> None:
         assert reason is None and all(isinstance(g["memory_total_bytes"], int) for g in gpus)
     else:
         assert isinstance(reason, str) and reason
+
+
+# --- the GPUs on /metrics ------------------------------------------------------------------
+
+
+def test_gpus_are_gauges_on_the_metrics_page() -> None:
+    from vllama.observability.gpu_metrics import GpuCollector
+    from vllama.observability.metrics import Metrics
+
+    text = Metrics(gpus=GpuCollector(lambda: probe_gpus(nvml_standin()))).render().decode()
+    assert "vllama_gpus 2.0" in text
+    assert 'vllama_gpu_info{driver="560.35.03",gpu="0",name="NVIDIA H100 80GB HBM3"} 1.0' in text
+    assert 'vllama_gpu_memory_total_bytes{gpu="1"} 8.589934592e+10' in text  # 80 GiB
+    assert 'vllama_gpu_memory_used_bytes{gpu="1"} 2.147483648e+09' in text  # 2 GiB
+    assert 'vllama_gpu_utilization_ratio{gpu="0"} 0.37' in text
+    assert 'vllama_gpu_temperature_celsius{gpu="1"} 62.0' in text
+
+
+def test_no_gpu_is_one_zero_gauge_and_nothing_else() -> None:
+    from vllama.observability.gpu_metrics import GpuCollector
+    from vllama.observability.metrics import Metrics
+
+    text = Metrics(gpus=GpuCollector(lambda: probe_gpus(nvml_standin(fail_init=True)))).render()
+    lines = [ln for ln in text.decode().splitlines() if ln.startswith("vllama_gpu")]
+    assert lines == ["vllama_gpus 0.0"]
+
+
+def test_one_nvml_round_serves_scrapes_within_max_age() -> None:
+    from vllama.observability.gpu_metrics import GpuCollector
+
+    now = [0.0]
+    probes: list[int] = []
+
+    def probe() -> GpuProbe:
+        probes.append(1)
+        return probe_gpus(nvml_standin(count=1))
+
+    collector = GpuCollector(probe, max_age_s=2.0, clock=lambda: now[0])
+    for t in (0.0, 1.0, 1.9):
+        now[0] = t
+        list(collector.collect())
+    assert len(probes) == 1
+    now[0] = 2.0
+    list(collector.collect())
+    assert len(probes) == 2

@@ -139,3 +139,20 @@ def test_auto_is_text_on_a_terminal_and_json_otherwise() -> None:
     configure_logging(Settings(log_format="json"), stream=forced)  # always selectable
     logging.getLogger("vllama.test").info("x")
     assert json.loads(forced.getvalue().removeprefix("\r\x1b[K"))["message"] == "x"
+
+
+def test_the_access_line_short_path_writes_what_python_json_logger_writes() -> None:
+    # The JSON formatter builds the access line itself (known fields); the generic path of
+    # python-json-logger must read back the same, odd characters and all.
+    from vllama.observability.logging import ACCESS_LOGGER, make_formatter
+
+    fields = {**FIELDS, "path": "/api/x\n\u2028\x85\x7f", "prompt_tokens": None}
+    formatter = make_formatter("json")
+    record = logging.getLogger(ACCESS_LOGGER).makeRecord(
+        ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra=fields
+    )
+    short = formatter.format(record)
+    generic = type(formatter).__mro__[1].format(formatter, record)  # python-json-logger's
+    assert short != generic or "\n" not in short
+    assert json.loads(short) == json.loads(generic)
+    assert "\n" not in short and "\u2028" not in short and "\x85" not in short

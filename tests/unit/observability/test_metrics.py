@@ -3,6 +3,7 @@ and an exposition that the real `promtool check metrics` accepts."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 
@@ -35,6 +36,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "vllama_models_loaded": ("gauge", set()),
     "vllama_auth_failures": ("counter", {"api"}),
     "vllama_build_info": ("gauge", {"version"}),
+    "vllama_gpus": ("gauge", set()),  # here no GPU: the per-GPU gauges are in test_gpu.py
 }
 
 ENGINE = "http://127.0.0.1:18001"
@@ -48,6 +50,7 @@ def exercised() -> Metrics:
     timer = m.stream_timer("ollama", "/api/chat", "vllama-demo", start=10.0)
     for received in (10.2, 10.204, 10.2045):  # TTFT 0.2 s, then gaps of 4 ms and 0.5 ms
         timer.chunk(received)
+    timer.close()  # gaps reach the histogram at least once a second and at the end
     m.observe_overhead("ollama", "/api/chat", 0.0003)
     m.add_tokens("vllama-demo", 11, 7)
     m.add_tokens("vllama-demo", 5, 0)
@@ -154,3 +157,47 @@ def test_promtool_accepts_the_exposition() -> None:
     )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert result.stdout.strip() == b"" and result.stderr.strip() == b""
+
+
+def test_stream_gaps_counted_per_answer_equal_one_observation_per_gap() -> None:
+    # StreamTimer adds its counts to the histogram's buckets in bulk; the exposition must
+    # read as if every gap had been observed (bucket edges included).
+    counted, observed = Metrics(), Metrics()
+    gaps = [0.25, 0.5, 0.0005, 0.001, 0.0010001, 0.0025, 0.02, 0.035, 0.2, 4.9, 5.0, 7.5, 0.0]
+    times = [1.0]
+    for gap in gaps:
+        times.append(times[-1] + gap)
+    timer = counted.stream_timer("openai", "/v1/chat/completions", "m", start=0.0)
+    for t in times:
+        timer.chunk(t)
+    timer.close()
+    reference = observed.stream_timer("openai", "/v1/chat/completions", "m", start=0.0)
+    reference.chunk(1.0)
+    child = observed.inter_chunk.labels("openai", "/v1/chat/completions", "m")
+    for before, after in itertools.pairwise(times):
+        child.observe(after - before)
+
+    def samples(m: Metrics) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, round(s.value, 9))
+            for family in m.registry.collect()
+            if family.name == "vllama_inter_chunk_seconds"
+            for s in family.samples
+        ]
+
+    assert samples(counted) == samples(observed)
+
+
+def test_stream_gaps_reach_the_histogram_within_a_second_before_the_end() -> None:
+    m = Metrics()
+    labels = {"api": "ollama", "route": "/api/chat", "model": "m"}
+    timer = m.stream_timer("ollama", "/api/chat", "m", start=0.0)
+    for t in (0.5, 0.6, 0.7):
+        timer.chunk(t)
+    assert value(m, "vllama_inter_chunk_seconds_count", **labels) == 0  # counted, not added
+    timer.chunk(1.2)  # a second after the start: added
+    assert value(m, "vllama_inter_chunk_seconds_count", **labels) == 3
+    timer.chunk(1.3)
+    timer.close()
+    timer.close()  # idempotent
+    assert value(m, "vllama_inter_chunk_seconds_count", **labels) == 4

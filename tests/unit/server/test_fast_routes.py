@@ -4,6 +4,7 @@ sending its body gets the same 499 answer the app's handler would give."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -74,3 +75,19 @@ async def test_a_client_gone_while_sending_gets_499_in_the_path_s_shape() -> Non
 def test_the_inference_routes_are_all_fast() -> None:
     assert set(ROUTES) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                            "/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}  # fmt: skip
+
+
+async def test_an_unexpected_error_in_a_handler_is_a_500_in_the_path_s_shape() -> None:
+    # FastRoutes runs outside Starlette's error middleware: it answers as the app would.
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("bug")
+
+    for path in ("/api/chat", "/v1/completions"):
+        rec = Recorder()
+        s = {**scope("POST", path), "state": {"request_id": "rid-1"}}
+        await FastRoutes(rec.app, {path: broken})(s, receive, rec.send)
+        assert rec.sent[0]["status"] == 500 and rec.app_calls == []
+        error = json.loads(rec.sent[1]["body"])["error"]
+        message = error if path.startswith("/api/") else error["message"]
+        assert path.startswith("/api/") or error["type"] == "server_error"
+        assert "rid-1" in message and "bug" not in message

@@ -86,3 +86,62 @@ async def test_a_cancel_from_outside_is_not_swallowed() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert up.closed and up.generator_closed
+
+
+async def test_behind_the_middleware_s_replay_no_watcher_task_of_its_own() -> None:
+    # The middleware's Replay already watches the client; ProxyStream registers with it
+    # instead of starting a second task per streamed request.
+    from vllama.server.body import Replay
+
+    up = Upstream(None)
+    sent: list[dict[str, Any]] = []
+    hang_up = asyncio.Event()
+    tasks_while_streaming: list[int] = []
+
+    async def channel() -> dict[str, Any]:
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        tasks_while_streaming.append(len(asyncio.all_tasks()))
+        if len(sent) == 4:
+            hang_up.set()
+
+    replay = Replay(b"{}", channel)
+    replay.watch(None)
+    assert (await replay())["type"] == "http.request"  # the body, once
+    before = len(asyncio.all_tasks())  # this test's task and the Replay's watcher among them
+    async with asyncio.timeout(5):  # in this task: wait_for would add one
+        await response(up)({"type": "http"}, replay, send)
+    assert up.closed and up.generator_closed
+    assert all(m.get("more_body") for m in sent[1:]) and len(sent) < 50
+    assert max(tasks_while_streaming) == before  # no task more while streaming
+    replay.close()
+
+
+async def test_replay_reports_a_disconnect_to_registered_callbacks_once() -> None:
+    from vllama.server.body import Replay
+
+    hang_up = asyncio.Event()
+
+    async def channel() -> dict[str, Any]:
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    unwatched = Replay(b"", channel)
+    assert unwatched.on_disconnect(lambda: None) is None  # nothing watches: caller's job
+    replay = Replay(b"", channel)
+    replay.watch(None)
+    calls: list[str] = []
+    replay.on_disconnect(lambda: calls.append("kept"))
+    unregister = replay.on_disconnect(lambda: calls.append("dropped"))
+    assert unregister is not None
+    unregister()
+    hang_up.set()
+    await asyncio.sleep(0.01)
+    assert calls == ["kept"]
+    replay.on_disconnect(lambda: calls.append("late"))  # already gone: called soon
+    await asyncio.sleep(0)
+    assert calls == ["kept", "late"]
+    replay.close()

@@ -109,11 +109,11 @@ def test_tool_calls_object_arguments_become_strings_and_tool_name_links_the_resu
     assert "tool_choice" not in body  # the engine has a tool parser: vLLM's "auto"
 
 
-def test_tools_on_a_model_without_a_tool_parser_do_not_fail_upstream() -> None:
+def test_tools_on_a_model_that_cannot_call_them_are_ollamas_400() -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    body = chat(messages=[{"role": "user", "content": "x"}], tools=[tool])
-    assert body["tools"] == [tool]
-    assert body["tool_choice"] == "none"
+    with pytest.raises(TranslationError, match="does not support tools") as refused:
+        chat(messages=[{"role": "user", "content": "x"}], tools=[tool])
+    assert refused.value.field == "tools"
 
 
 def test_an_empty_tools_list_is_not_sent() -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from tests.procs import free_port
 from vllama.config import Settings
+from vllama.upstream.balancer import affinity_key
 from vllama.upstream.errors import EngineHTTPError, ModelNotFound, NoHealthyEngine
 from vllama.upstream.pool import EnginePool
 
@@ -29,11 +30,15 @@ class FakeEngine:
         self.stream_closed = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.running = 0.0  # what /metrics reports, as vLLM does
+        self.waiting = 0.0
+        self.metrics_polls = 0
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.chat)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
@@ -47,6 +52,15 @@ class FakeEngine:
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response()
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        self.metrics_polls += 1
+        labels = f'{{engine="0",model_name="{self.model}"}}'
+        return web.Response(
+            text=f"vllm:num_requests_running{labels} {self.running}\n"
+            f"vllm:num_requests_waiting{labels} {self.waiting}\n"
+            f"vllm:kv_cache_usage_perc{labels} 0.1\n"
+        )
 
     async def models(self, _: web.Request) -> web.Response:
         card = {
@@ -219,7 +233,7 @@ async def test_forward_passes_raw_bytes(make_pool: Factory) -> None:
     ) as up:
         assert up.status == 200 and up.headers["Content-Type"] == "text/event-stream"
         raw = b""
-        async for chunk in up.chunks:
+        while chunk := await up.read():
             raw += chunk
             if raw.count(b"\n\n") >= 3:
                 break
@@ -241,9 +255,9 @@ async def scripted() -> AsyncIterator[Callable[..., Awaitable[tuple[EnginePool, 
         engine = ScriptedEngine(script)
         await engine.start()
         metrics = Metrics()
-        pool = EnginePool(
-            Settings.model_validate({"engines": [{"url": engine.url}], **settings}), metrics
-        )
+        # capabilities given: no probe requests mixed into the script's counts
+        engines = [{"url": engine.url, "capabilities": []}]
+        pool = EnginePool(Settings.model_validate({"engines": engines, **settings}), metrics)
         await pool.start()
         started.append((pool, engine))
         return pool, engine, metrics
@@ -367,3 +381,52 @@ async def test_engines_that_never_answered_make_it_unknown(make_pool: Factory) -
     )
     known = EnginePool(source)  # a supervised engine: what it loads is configured
     assert known.possibly_served() == ({"qwen", "/srv/models/qwen"}, [])
+
+
+async def test_replicas_are_chosen_by_their_engines_own_load(make_pool: Factory) -> None:
+    pool, (a, b) = await make_pool(["m", "m"], health_interval_s=0.2)
+    a.running, a.waiting = 20.0, 2.0  # busy with other clients' requests
+    await pool.refresh()  # a health round polls both engines' /metrics
+    assert a.metrics_polls and b.metrics_polls
+    model = pool.resolve("m")
+    served = [
+        (await pool.post_json(model, "/v1/chat/completions", {}))["served_by"] for _ in range(8)
+    ]
+    assert served == [b.url] * 8
+    a.running = a.waiting = 0.0
+    b.running = 30.0
+    await pool.refresh()
+    served = [
+        (await pool.post_json(model, "/v1/chat/completions", {}))["served_by"] for _ in range(8)
+    ]
+    assert served == [a.url] * 8
+
+
+async def test_a_conversation_keeps_its_replica_through_the_pool(make_pool: Factory) -> None:
+    pool, engines = await make_pool(["m", "m", "m"])
+    model = pool.resolve("m")
+    homes = []
+    for i in range(12):
+        key = affinity_key({"messages": [{"role": "user", "content": f"conversation {i}"}]})
+        served = set()
+        for _ in range(4):
+            answer = await pool.post_json(model, "/v1/chat/completions", {"n": 1}, affinity=key)
+            served.add(answer["served_by"])
+        assert len(served) == 1  # every turn on one replica
+        homes += served
+    assert len(set(homes)) > 1 and set(homes) <= {e.url for e in engines}  # spread
+    rr, _ = await make_pool(["m", "m"], balancer="round-robin")
+    key = affinity_key({"prompt": "same"})
+    served = [
+        (await rr.post_json(rr.resolve("m"), "/v1/chat/completions", {"n": 1}, affinity=key))[
+            "served_by"
+        ]
+        for _ in range(4)
+    ]
+    assert len(set(served)) == 2  # round robin ignores the conversation
+
+
+async def test_engines_without_replicas_are_not_polled(make_pool: Factory) -> None:
+    pool, (solo, other) = await make_pool(["a", "b"])
+    await pool.refresh()
+    assert solo.metrics_polls == other.metrics_polls == 0

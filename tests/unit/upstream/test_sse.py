@@ -14,7 +14,7 @@ def decode(chunks: list[bytes]) -> list[str]:
     decoder = SSEDecoder()
     out: list[str] = []
     for chunk in chunks:
-        out.extend(decoder.feed(chunk))
+        out.extend(data.decode() for data in decoder.feed(chunk))
     return out
 
 
@@ -55,3 +55,18 @@ def test_comments_other_fields_and_multiline_data() -> None:
 
 def test_blank_lines_without_data_yield_nothing() -> None:
     assert decode([b"\n\n: ping\n\n"]) == []
+
+
+def test_whole_event_split_agrees_with_the_line_by_line_path_at_every_cut() -> None:
+    # LF-only input takes a faster path for whole events; any cut must decode the same.
+    wire = (
+        b": ping\n\ndata: a\n\ndata: b1\ndata: b2\n\nevent: x\ndata: c\n\n\n\n"
+        b"data:d\n\ndata: \xc3\xa9\n\nid: 7\n\ndata: [DONE]\n\n"
+    )
+    expected = ["a", "b1\nb2", "c", "d", "é", "[DONE]"]
+    assert decode([wire]) == expected
+    for cut in range(len(wire) + 1):
+        assert decode([wire[:cut], wire[cut:]]) == expected, cut
+    for a in range(0, len(wire), 7):
+        for b in range(a, len(wire), 5):
+            assert decode([wire[:a], wire[a:b], wire[b:]]) == expected, (a, b)

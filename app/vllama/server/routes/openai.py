@@ -1,7 +1,7 @@
 """The OpenAI API (`/v1/*`): an allowlist of vLLM routes passed through byte for byte.
 
 The request body is parsed once, to resolve `model` (aliases included) and rewrite it to
-the engine's id; the answer (JSON or SSE) is streamed back untouched as the network
+the engine's id (a body that needs no change goes out as the client's bytes); the answer (JSON or SSE) is streamed back untouched as the network
 delivers it. Only the paths of server.route_table exist: vLLM checks keys on some of its
 paths only, so nothing else is forwarded (anything else under /v1 is a 404 in OpenAI's shape).
 """
@@ -9,7 +9,6 @@ paths only, so nothing else is forwarded (anything else under /v1 is a 404 in Op
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
@@ -18,11 +17,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from vllama import fastjson
 from vllama.server.deps import (
     acquire_model,
     get_metrics,
     get_pool,
     is_large,
+    raw_json_body,
     record_usage,
     request_json,
     set_priority,
@@ -31,6 +32,7 @@ from vllama.server.deps import (
 from vllama.server.errors import error_response, openai_error_body, upstream_error_response
 from vllama.server.jsonbody import InvalidJson
 from vllama.server.streaming import ProxyStream
+from vllama.upstream.balancer import affinity_key
 from vllama.upstream.errors import UpstreamError
 from vllama.upstream.pool import ServedModel
 from vllama.upstream.usage import UsageTail
@@ -89,7 +91,7 @@ def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode()
+    return fastjson.dumps(body)
 
 
 async def forward(request: Request, *, route: str) -> Response:
@@ -113,22 +115,32 @@ async def forward(request: Request, *, route: str) -> Response:
         model = await acquire_model(request, name)
     except UpstreamError as exc:
         return upstream_error_response(path, exc)
+    sent_priority = "priority" in body
     body["model"] = model.id
     set_priority(request, body)
+    raw = raw_json_body(request)
     headers = {
         "Content-Type": "application/json",
         "Accept": request.headers.get("accept", "*/*"),
         **upstream_headers(request),
     }
-    if is_large(request):  # encoding megabytes: off the event loop
+    if raw is not None and model.id == name and not sent_priority and "priority" not in body:
+        data = raw  # nothing to change: the client's bytes, not encoded again
+    elif is_large(request):  # encoding megabytes: off the event loop
         data = await asyncio.to_thread(_encode, body)
     else:
         data = _encode(body)
+    # Replicas: keep the conversation where its prefix is cached (balancer.py).
+    affinity = (
+        affinity_key(body) if len(model.engine_urls) > 1 and route != "/v1/embeddings" else None
+    )
     own = time.perf_counter() - start
 
     stack = AsyncExitStack()
     try:
-        upstream = await stack.enter_async_context(pool.forward(model, "POST", path, data, headers))
+        upstream = await stack.enter_async_context(
+            pool.forward(model, "POST", path, data, headers, affinity)
+        )
     except BaseException as exc:
         await stack.aclose()
         if isinstance(exc, UpstreamError):
@@ -147,17 +159,22 @@ async def forward(request: Request, *, route: str) -> Response:
     tail = UsageTail()
 
     async def chunks() -> AsyncGenerator[bytes, None]:
+        # Whatever arrived since the last read goes out as one chunk: under load a read
+        # holds several events.
+        read, keep = upstream.read, tail.feed
         try:
-            async for chunk in upstream.chunks:
+            while chunk := await read():
                 if timer is not None:
                     timer.chunk(time.perf_counter())
-                tail.feed(chunk)
+                keep(chunk)
                 yield chunk
         except UpstreamError as exc:  # the status is sent: the error is the stream's end
             if stream:
                 yield b"data: " + openai_error_body(exc.status, exc.message) + b"\n\n"
 
     async def finish() -> None:
+        if timer is not None:
+            timer.close()
         await stack.aclose()
         t = time.perf_counter()
         usage = tail.usage() if upstream.status < 400 else None

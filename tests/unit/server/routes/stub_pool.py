@@ -5,6 +5,7 @@ FastRoutes and the route table all take part; nothing listens on a port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ ENGINES = [
 
 @dataclass
 class Call:
-    kind: str  # "stream_events", "post_json" or "forward"
+    kind: str  # "stream_batches", "generate_whole", "post_json" or "forward"
     model: str
     path: str
     body: Any
@@ -39,13 +40,15 @@ class Call:
 class Script:
     """What the engine answers next."""
 
-    events: list[dict[str, Any]] = field(default_factory=list)  # stream_events
-    answer: dict[str, Any] = field(default_factory=dict)  # post_json
+    events: list[dict[str, Any]] = field(default_factory=list)  # stream_batches, one a read
+    answer: dict[str, Any] = field(default_factory=dict)  # post_json, generate_whole
+    generation_s: float | None = None  # generate_whole: the engine's generation time
+    delay_s: float = 0.0  # generate_whole: how long the answer takes
     status: int = 200  # forward
     headers: dict[str, str] = field(default_factory=dict)  # forward
     chunks: list[bytes] = field(default_factory=list)  # forward
     fail: Exception | None = None  # raised instead of answering
-    fail_after: int | None = None  # stream_events: raised after this many events
+    fail_after: int | None = None  # stream_batches: raised after this many events
 
 
 class RecordingPool(EnginePool):
@@ -66,7 +69,7 @@ class RecordingPool(EnginePool):
             raise self.script.fail
 
     @contextlib.asynccontextmanager
-    async def stream_events(
+    async def stream_batches(
         self,
         model: ServedModel,
         path: str,
@@ -74,17 +77,32 @@ class RecordingPool(EnginePool):
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        self._record("stream_events", model, path, body, headers)
+        affinity: bytes | None = None,
+    ) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
+        self._record("stream_batches", model, path, body, headers)
         script = self.script
 
-        async def events() -> AsyncIterator[dict[str, Any]]:
+        async def batches() -> AsyncIterator[list[dict[str, Any]]]:
             for i, event in enumerate(script.events):
                 if script.fail is not None and i == script.fail_after:
                     raise script.fail
-                yield event
+                yield [event]
 
-        yield events()
+        yield batches()
+
+    async def generate_whole(
+        self,
+        model: ServedModel,
+        path: str,
+        body: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        large: bool = False,
+        affinity: bytes | None = None,
+    ) -> tuple[dict[str, Any], float | None]:
+        self._record("generate_whole", model, path, body, headers)
+        await asyncio.sleep(self.script.delay_s)
+        return self.script.answer, self.script.generation_s
 
     async def post_json(
         self,
@@ -94,6 +112,7 @@ class RecordingPool(EnginePool):
         *,
         headers: Mapping[str, str] | None = None,
         large: bool = False,
+        affinity: bytes | None = None,
     ) -> dict[str, Any]:
         self._record("post_json", model, path, body, headers)
         return self.script.answer
@@ -106,15 +125,17 @@ class RecordingPool(EnginePool):
         path: str,
         body: bytes,
         headers: Mapping[str, str],
+        affinity: bytes | None = None,
     ) -> AsyncIterator[UpstreamResponse]:
         assert model is not None
         self._record("forward", model, path, body, headers)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            for chunk in self.script.chunks:
-                yield chunk
+        chunks = list(self.script.chunks)
 
-        yield UpstreamResponse(self.script.status, self.script.headers, "stub", chunks())
+        async def read() -> bytes:
+            return chunks.pop(0) if chunks else b""
+
+        yield UpstreamResponse(self.script.status, self.script.headers, "stub", read)
 
 
 def make_app(**settings: Any) -> tuple[FastAPI, RecordingPool]:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from vllama.server.deps import get_pool
+from vllama.server.deps import get_pool, get_settings
 from vllama.server.routes.ollama.plumbing import NDJSON, Refused, error, ndjson_line, read_body
 from vllama.translate import TranslationError
 from vllama.translate.fields import model_name, opt_str
@@ -115,8 +115,25 @@ async def create(request: Request) -> Response:
     )
 
 
+def _per_worker_aliases(request: Request) -> Refused | None:
+    """With several worker processes each holds its own alias registry: a change made in
+    one would not reach the others, so runtime alias changes are refused."""
+    workers = get_settings(request).workers
+    if workers <= 1:
+        return None
+    return Refused(
+        409,
+        f"aliases cannot change while the façade runs {workers} worker processes (each keeps "
+        "its own): put the alias under [aliases] in the config (or VLLAMA_ALIASES) and "
+        "restart, or run with workers = 1",
+    )
+
+
 async def copy(request: Request) -> Response:
     """A copy of a served or pulled model is an alias (in memory, until restart)."""
+    refused = _per_worker_aliases(request)
+    if refused is not None:
+        return error(request, refused)
     try:
         body = await read_body(request)
         source = opt_str(body, "source")
@@ -140,7 +157,12 @@ async def delete(request: Request) -> Response:
         name = model_name(body, legacy_name=True)
     except Exception as exc:
         return error(request, exc)
-    if get_pool(request).aliases.remove(name):  # an alias (from config or /api/copy)
+    pool = get_pool(request)
+    if name in pool.aliases:  # an alias (from config or /api/copy)
+        refused = _per_worker_aliases(request)
+        if refused is not None:
+            return error(request, refused)
+    if pool.aliases.remove(name):
         return Response(status_code=200)
     if _is_served(request, name):
         return error(

@@ -3,13 +3,13 @@ NDJSON lines."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from vllama import fastjson
 from vllama.server.deps import get_settings, request_json
 from vllama.server.errors import error_response, upstream_error_response
 from vllama.server.jsonbody import InvalidJson
@@ -69,4 +69,4 @@ def traits(request: Request, card: ServedModel) -> ModelTraits:
 
 
 def ndjson_line(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return fastjson.dumps(obj) + b"\n"

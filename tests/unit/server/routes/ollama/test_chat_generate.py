@@ -45,7 +45,7 @@ async def test_chat_streams_ndjson_and_sends_the_translated_request() -> None:
     assert final["done"] is True and final["done_reason"] == "stop"
     assert (final["prompt_eval_count"], final["eval_count"]) == (5, 2)
     [call] = pool.calls
-    assert (call.kind, call.model, call.path) == ("stream_events", CHAT, "/v1/chat/completions")
+    assert (call.kind, call.model, call.path) == ("stream_batches", CHAT, "/v1/chat/completions")
     assert call.body["messages"] == MESSAGES and call.body["max_tokens"] == 4
     assert call.body["priority"] == 3  # the key's priority, for vLLM's scheduler
     assert call.headers == {"X-Request-ID": "rid-1"}
@@ -127,3 +127,44 @@ async def test_an_engine_lost_mid_stream_ends_with_an_error_line() -> None:
     assert r.status_code == 200
     assert [o["message"]["content"] for o in out[:-1]] == ["a", "b"]
     assert out[-1] == {"error": "engine gone"}
+
+
+WHOLE_ANSWER: dict[str, Any] = {
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+}
+
+
+async def test_stream_false_is_asked_whole_of_engines_that_time_their_answers() -> None:
+    app, pool = make_app()
+    for engine in pool.engines():
+        engine.reports_timings = True  # as learned from an answer with vLLM's metrics
+    pool.script.answer = WHOLE_ANSWER
+    pool.script.generation_s, pool.script.delay_s = 0.004, 0.01
+    async with client_for(app) as c:
+        r = await c.post("/api/chat", json={"model": CHAT, "messages": MESSAGES, "stream": False})
+    assert r.status_code == 200
+    out = r.json()
+    assert out["message"] == {"role": "assistant", "content": "Hello"} and out["done"] is True
+    assert (out["prompt_eval_count"], out["eval_count"]) == (5, 2)
+    assert out["eval_duration"] == 4_000_000  # the engine's own generation time
+    assert out["prompt_eval_duration"] >= 5_000_000  # the rest of the 10 ms wait
+    assert out["total_duration"] >= out["prompt_eval_duration"] + out["eval_duration"]
+    [call] = pool.calls
+    assert (call.kind, call.path) == ("generate_whole", "/v1/chat/completions")
+    assert call.body["stream"] is False and "stream_options" not in call.body
+
+
+async def test_an_answer_without_timings_is_asked_again_streamed() -> None:
+    # The engine came back without --enable-per-request-metrics: no made-up durations.
+    app, pool = make_app()
+    for engine in pool.engines():
+        engine.reports_timings = True
+    pool.script.answer = WHOLE_ANSWER
+    pool.script.events = [chat_event("Hel"), chat_event("lo", "stop"), USAGE_EVENT]
+    async with client_for(app) as c:
+        r = await c.post("/api/chat", json={"model": CHAT, "messages": MESSAGES, "stream": False})
+    assert r.status_code == 200 and r.json()["message"]["content"] == "Hello"
+    assert [call.kind for call in pool.calls] == ["generate_whole", "stream_batches"]

@@ -1,0 +1,85 @@
+"""Routing among replicas by the engines' own load, against a real engine: the façade
+reads the real vLLM's /metrics, sees it busy with requests sent straight to it (by a
+client the façade never saw), and sends new conversations to the idle replica (the
+instant upstream, a real HTTP server speaking the OpenAI API). Least-outstanding, blind
+to that load, splits them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.engines import Engine, free_port
+from tests.facade import run_facade
+from tests.integration.test_resilience import instant_upstream, wait_for
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300, func_only=True)]
+
+CHAT = "vllama-demo"
+HEAVY = {"model": CHAT, "prompt": "go", "max_tokens": 300, "ignore_eos": True}
+
+
+def running(engine: Engine) -> float:
+    text = httpx.get(f"{engine.url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:num_requests_running{")
+    )
+
+
+def served_by_instant(url: str, n: int) -> list[bool]:
+    out = []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(n):
+            body = {
+                "model": CHAT,
+                "messages": [{"role": "user", "content": f"conversation {i}"}],
+                "max_tokens": 1,
+            }
+            r = http.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            out.append(r.json()["id"].startswith("chatcmpl-instant"))
+    return out
+
+
+@pytest.mark.parametrize("balancer", ["load", "least-outstanding"])
+def test_a_replica_busy_with_other_clients_gets_no_new_conversations(
+    chat_engine: Engine, balancer: str
+) -> None:
+    port = free_port()
+    settings: dict[str, Any] = {
+        "engines": [{"url": chat_engine.url}, {"url": f"http://127.0.0.1:{port}"}],
+        "health_interval_s": 0.5,
+        "balancer": balancer,
+    }
+    stop = threading.Event()
+
+    def heavy() -> None:  # another client, straight to the engine
+        with httpx.Client(timeout=120) as http:
+            while not stop.is_set():
+                try:
+                    http.post(f"{chat_engine.url}/v1/completions", json=HEAVY)
+                except httpx.HTTPError:
+                    return  # the load is gone: the test's assertions say what counts
+
+    load = [threading.Thread(target=heavy) for _ in range(8)]
+    with instant_upstream(port), run_facade(**settings) as url:
+        for t in load:
+            t.start()
+        try:
+            wait_for("the engine busy", lambda: running(chat_engine) >= 6, 60)
+            time.sleep(1.5)  # a few health rounds: the façade polled /metrics meanwhile
+            picks = served_by_instant(url, 12)
+        finally:
+            stop.set()
+            for t in load:
+                t.join(120)
+    if balancer == "load":
+        assert all(picks), picks  # 6+ running there, none on the idle replica
+    else:
+        assert 0 < sum(picks) < 12, picks  # blind to the engine's own load: it splits
