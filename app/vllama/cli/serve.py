@@ -176,6 +176,9 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
     if settings.on_demand and not vllm_available(settings):
         log.info("on-demand engines off: vLLM is not installed for this interpreter")
         settings.on_demand = False
+    if settings.on_demand and settings.workers > 1:  # an engine one worker started: unknown
+        log.info("on-demand engines off: workers = %d front engines only", settings.workers)
+        settings.on_demand = False
     if not todo and not settings.engines and not settings.on_demand:
         raise CliError(
             "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, --demo, "

@@ -46,6 +46,16 @@ def test_nothing_to_serve_is_a_usage_error() -> None:
     assert exc.value.code == USAGE and "--engine URL" in str(exc.value)
 
 
+def test_worker_processes_serve_nothing_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine one worker started would be unknown to the others: workers > 1 with
+    nothing to front is refused, on-demand engines or not."""
+    monkeypatch.setattr("vllama.cli.serve._check_port_free", lambda host, port: None)
+    monkeypatch.setattr("vllama.cli.serve._serve_workers", lambda settings: pytest.fail("served"))
+    with pytest.raises(CliError) as exc:
+        run(args(), Settings(on_demand=True, workers=2, engine_python="python3"), {})
+    assert exc.value.code == USAGE and "nothing to serve" in str(exc.value)
+
+
 def test_a_taken_port_stops_serve_before_any_engine_starts(tmp_path: Path) -> None:
     started = tmp_path / "engine-started"
     engine = tmp_path / "engine"
