@@ -157,6 +157,19 @@ _RUNNERS = {
 }
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line. `vllama run`'s prompt words may also come after its options
+    (`vllama run M --verbose why is the sky blue`, as `ollama run` takes them):
+    argparse alone ends a `*` positional at the first option."""
+    parser = build_parser(with_bench=bool(argv) and argv[0] == "bench")
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and not any(a.startswith("-") for a in extra):
+        args.prompt = [*args.prompt, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after a bare `--` goes to the engines unchanged (`vllama serve -- --seed 0`,
@@ -165,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, engine_extra = argv[:cut], argv[cut + 1 :]
-    args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
+    args = parse(argv)
     args.engine_extra = engine_extra
     if engine_extra and args.command not in ("serve", "engine"):
         fail(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vllama.cli.main import build_parser, main
+from vllama.cli.main import build_parser, main, parse
 from vllama.cli.serve import engine_args, prepare
 
 
@@ -87,6 +87,21 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert exc.value.code == 2
     assert "usage: vllama" in capsys.readouterr().err
+
+
+def test_run_takes_prompt_words_before_and_after_its_options() -> None:
+    args = parse(["run", "org/m", "why", "--keepalive", "10m", "is the sky", "--port", "1", "blue"])
+    assert args.model == "org/m" and args.keepalive == "10m" and args.port == 1
+    assert args.prompt == ["why", "is the sky", "blue"]
+    assert parse(["run", "org/m"]).prompt == []
+
+
+def test_unknown_options_stay_usage_errors_after_a_prompt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(["run", "org/m", "hi", "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_double_dash_only_for_serve(capsys: pytest.CaptureFixture[str]) -> None:
