@@ -97,8 +97,10 @@ def facade(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Facad
         "VLLAMA_KEEP_ALIVE": f"{DEFAULT_KEEP_ALIVE_S}s",
         "VLLAMA_ENGINE_WAIT_S": "1",
     }
-    with run_serve(["--", "--enforce-eager"], tmp, env=env) as serve:
-        client = ollama.Client(host=serve.url, timeout=900)
+    with (
+        run_serve(["--", "--enforce-eager"], tmp, env=env) as serve,
+        ollama.Client(host=serve.url, timeout=900) as client,  # closes its connections
+    ):
         yield Facade(serve, client, tmp, {**os.environ, **env, "XDG_CONFIG_HOME": str(tmp)})
         print(serve.text()[-6000:])  # shown when a step failed
 
