@@ -16,6 +16,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import ollama
@@ -336,6 +337,30 @@ def test_unusable_images_are_a_400_naming_the_image(facade: str, image: str, pro
     assert resp.status_code == 400
     assert resp.json()["error"].startswith('"messages[0].images[0]" is ')
     assert problem in resp.json()["error"]
+
+
+def test_openai_image_parts_reach_the_model_and_bombs_and_urls_do_not(facade: str) -> None:
+    sdk = openai.OpenAI(base_url=f"{facade}/v1", api_key="none", timeout=60)
+    _open.append(sdk)
+
+    def ask(url: str) -> Any:
+        part = {"type": "image_url", "image_url": {"url": url}}
+        content: Any = [{"type": "text", "text": ASK[0]["content"]}, part]
+        return sdk.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": content}]
+        )
+
+    png = base64.b64encode(picture("PNG")).decode()
+    assert ask(f"data:image/png;base64,{png}").choices[0].message.content == scripted.IMAGE_TEXT
+    bomb = base64.b64encode(huge_png_header(14000)).decode()
+    for url, problem in [
+        (f"data:image/png;base64,{bomb}", "over the limit of"),  # vLLM alone: a 500
+        (f"http://127.0.0.1:{urlsplit(facade).port}/health", "must be a base64 data URL"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(url)
+        assert problem in err.value.message
+        assert err.value.param == "messages[0].content[1].image_url"
 
 
 def test_damage_past_the_header_is_the_engines_400(facade: str) -> None:

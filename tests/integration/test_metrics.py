@@ -119,10 +119,11 @@ def test_counts_after_known_traffic(
     assert delta("vllama_time_to_first_token_seconds_count", **chat) == 1
     gen = {"api": "ollama", "route": "/api/generate", "model": CHAT}
     assert delta("vllama_time_to_first_token_seconds_count", **gen) == 1
-    # One gap per parsed event after the first (the OpenAI pass-through times network
-    # chunks instead, which the kernel may coalesce: not asserted).
+    # One gap per network read after the first, on both APIs (the events one read brings
+    # are translated and written together): at most one per event, none when the engine's
+    # events came in one read.
     content_parts = [p for p in parts if p.response]
-    assert delta("vllama_inter_chunk_seconds_count", **gen) >= len(content_parts) - 1
+    assert 0 <= delta("vllama_inter_chunk_seconds_count", **gen) <= len(content_parts) - 1
     assert delta("vllama_request_duration_seconds_count", **gen) == 1
     assert delta("vllama_overhead_seconds_count", api="ollama", route="/api/chat") == 2
     assert get(after, "vllama_engine_up", engine=chat_engine.url) == 1

@@ -13,14 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import procs
 from tests.engines import Engine, free_port
 from tests.facade import run_facade
-from tests.integration.test_resilience import instant_upstream, wait_for
+from tests.procs import wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300, func_only=True)]
 
 CHAT = "vllama-demo"
-HEAVY = {"model": CHAT, "prompt": "go", "max_tokens": 300, "ignore_eos": True}
+HEAVY = {"model": CHAT, "prompt": "go", "max_tokens": 480, "ignore_eos": True}
 
 
 def running(engine: Engine) -> float:
@@ -65,14 +66,17 @@ def test_a_replica_busy_with_other_clients_gets_no_new_conversations(
                 try:
                     http.post(f"{chat_engine.url}/v1/completions", json=HEAVY)
                 except httpx.HTTPError:
-                    return  # the load is gone: the test's assertions say what counts
+                    continue  # an engine starved of CPU drops a connection: keep the load on
 
-    load = [threading.Thread(target=heavy) for _ in range(8)]
-    with instant_upstream(port), run_facade(**settings) as url:
+    load = [threading.Thread(target=heavy) for _ in range(16)]
+    with (
+        procs.running(procs.instant_upstream(port=port), "/health", 30),
+        run_facade(**settings) as url,
+    ):
         for t in load:
             t.start()
         try:
-            wait_for("the engine busy", lambda: running(chat_engine) >= 6, 60)
+            wait_for(lambda: running(chat_engine) >= 12, "the engine busy", 60)
             time.sleep(1.5)  # a few health rounds: the façade polled /metrics meanwhile
             picks = served_by_instant(url, 12)
         finally:

@@ -24,9 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.engines import Engine
 from tests.integration.test_cli_serve import (
     assert_streams_completed,
-    refused_within,
+    refused,
     sigterm_during_streams,
 )
+from tests.procs import wait_for
 from tests.unit.cli.serve_proc import Serve, port_free, run_serve
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
@@ -50,13 +51,11 @@ def worker_pids(serve: Serve) -> list[int]:
 
 
 def wait_for_workers(serve: Serve, n: int = 2, timeout: float = 60) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def running() -> list[int] | None:
         pids = worker_pids(serve)
-        if len(pids) == n:
-            return pids
-        time.sleep(0.1)
-    raise TimeoutError(f"{n} workers not running:\n{serve.text()[-3000:]}")
+        return pids if len(pids) == n else None
+
+    return wait_for(running, f"{n} workers running", timeout)
 
 
 def chats_per_worker(metrics_dir: Path) -> dict[int, float]:
@@ -203,7 +202,7 @@ def test_sigterm_says_draining_first_then_refuses(chat_engine: Engine, tmp_path:
             ready = httpx.get(f"{serve.url}/health/ready", headers={"Connection": "close"})
             assert ready.status_code == 503 and ready.json()["status"] == "draining"
         assert send_chats(serve.url, 4)
-        assert refused_within(f"{serve.url}/health", 10), "still accepting after the delay"
+        wait_for(lambda: refused(f"{serve.url}/health"), "still accepting after the delay", 10)
         assert serve.proc.wait(60) == 0
     assert port_free(serve.port)
 
@@ -212,7 +211,7 @@ def test_sigterm_lets_streams_in_flight_finish(chat_engine: Engine, tmp_path: Pa
     with run_serve(["--engine", chat_engine.url], tmp_path, env=workers_env(tmp_path)) as serve:
         wait_for_workers(serve)
         results, sent = sigterm_during_streams(serve)
-        assert refused_within(f"{serve.url}/health", 10), "still accepting after SIGTERM"
+        wait_for(lambda: refused(f"{serve.url}/health"), "still accepting after SIGTERM", 10)
         assert serve.proc.wait(90) == 0
         assert_streams_completed(results, 4)
         assert max(r["ended"] for r in results) > sent

@@ -148,3 +148,43 @@ def image_part(raw: Any, field: str, max_pixels: int | None) -> dict[str, Any]:
             field,
         )
     return {"type": "image_url", "image_url": {"url": f"data:image/{info.format};base64,{payload}"}}
+
+
+# OpenAI content parts whose URL vLLM would fetch itself (images, audio, video).
+_MEDIA_PARTS = ("image_url", "audio_url", "video_url")
+
+
+def _media_url(part: dict[str, Any], kind: str) -> Any:
+    value = part.get(kind)
+    return value.get("url") if isinstance(value, dict) else value
+
+
+def check_media_parts(messages: Any, max_pixels: int | None) -> None:
+    """OpenAI `messages` with media parts checked before vLLM sees them (TranslationError).
+
+    A URL that is not a data URL would be fetched by the engine from wherever the client
+    points it (its network, not the client's): refused, as Ollama refuses image URLs; the
+    client sends the bytes instead. An image data URL is checked as Ollama's `images` are
+    (format, size from its header, the pixel limit), so a decompression bomb is a 400
+    rather than the engine's 500."""
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in _MEDIA_PARTS:
+                continue
+            assert isinstance(part, dict)
+            field = f"messages[{i}].content[{j}].{kind}"
+            url = _media_url(part, kind)
+            if not isinstance(url, str) or not url.startswith("data:"):
+                raise TranslationError(
+                    f'"{field}" must be a base64 data URL (data:<type>;base64,...): media '
+                    "URLs are not fetched; download the file and send its bytes",
+                    field,
+                )
+            if kind == "image_url":
+                image_part(url, field, max_pixels)

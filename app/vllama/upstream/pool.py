@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -660,6 +659,29 @@ class EnginePool:
     def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         return {**(headers or {}), "Content-Type": "application/json"}
 
+    async def _answer_object(
+        self,
+        model: ServedModel,
+        path: str,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        affinity: bytes | None,
+    ) -> tuple[dict[str, Any], _Call]:
+        """A POST answered with one JSON object (an engine's error raised as UpstreamError)."""
+        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
+        async with opened as (call, resp):
+            if resp.status >= 400:
+                raise await self._error(call, resp)
+            raw = await _read(call, resp)
+            try:
+                answer = fastjson.loads(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                call.fail("protocol", f"answered {path} with something not a JSON object")
+                raise UpstreamError("the model's engine sent an answer that is not JSON")
+        return answer, call
+
     async def post_json(
         self,
         model: ServedModel,
@@ -671,18 +693,7 @@ class EnginePool:
         affinity: bytes | None = None,
     ) -> dict[str, Any]:
         data = await self._encode(model, body, large)
-        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
-        async with opened as (call, resp):
-            if resp.status >= 400:
-                raise await self._error(call, resp)
-            raw = await _read(call, resp)
-            try:
-                answer = json.loads(raw)
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict):
-                call.fail("protocol", f"answered {path} with something not a JSON object")
-                raise UpstreamError("the model's engine sent an answer that is not JSON")
+        answer, _ = await self._answer_object(model, path, data, headers, affinity)
         return answer
 
     def reports_timings(self, model: ServedModel) -> bool:
@@ -705,20 +716,9 @@ class EnginePool:
         """A generation answered whole, and its generation time (first to last token, as
         the engine measured it; None if the answer did not say)."""
         data = await self._encode(model, body, large, stream=False)
-        opened = self._open(model, "POST", path, data, self._headers(headers), affinity)
-        async with opened as (call, resp):
-            if resp.status >= 400:
-                raise await self._error(call, resp)
-            raw = await _read(call, resp)
-            try:
-                answer = fastjson.loads(raw)
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict):
-                call.fail("protocol", f"answered {path} with something not a JSON object")
-                raise UpstreamError("the model's engine sent an answer that is not JSON")
-            seconds = generation_seconds(answer)
-            call.engine.reports_timings = seconds is not None
+        answer, call = await self._answer_object(model, path, data, headers, affinity)
+        seconds = generation_seconds(answer)
+        call.engine.reports_timings = seconds is not None
         return answer, seconds
 
     @contextlib.asynccontextmanager

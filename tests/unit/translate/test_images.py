@@ -13,7 +13,7 @@ from PIL import Image
 
 from vllama.config import DEFAULT_MAX_IMAGE_PIXELS
 from vllama.translate import TranslationError
-from vllama.translate.images import ImageError, image_part, inspect
+from vllama.translate.images import ImageError, check_media_parts, image_part, inspect
 
 LIMIT = 1_000_000
 
@@ -135,3 +135,35 @@ def test_every_truncation_is_refused_or_still_reads_the_right_size(
         except ImageError:
             continue
         assert (info.width, info.height) == (37, 21)  # the header was complete
+
+
+def _user(*parts: dict[str, object]) -> list[dict[str, object]]:
+    return [{"role": "system", "content": "s"}, {"role": "user", "content": list(parts)}]
+
+
+def test_openai_image_data_urls_are_checked_as_ollama_images() -> None:
+    good = f"data:image/png;base64,{b64(encoded('PNG'))}"
+    check_media_parts(
+        _user({"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": good}}),
+        LIMIT,
+    )
+    bomb = f"data:image/png;base64,{b64(bomb_png(14000, 14000))}"
+    with pytest.raises(TranslationError) as err:
+        check_media_parts(_user({"type": "image_url", "image_url": {"url": bomb}}), LIMIT)
+    assert err.value.field == "messages[1].content[0].image_url"
+    assert "14000x14000" in err.value.message
+
+
+@pytest.mark.parametrize("kind", ["image_url", "audio_url", "video_url"])
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest/meta-data", "file:///etc/passwd", "", None]
+)
+def test_openai_media_urls_the_engine_would_fetch_are_refused(kind: str, url: object) -> None:
+    with pytest.raises(TranslationError, match="must be a base64 data URL") as err:
+        check_media_parts(_user({"type": kind, kind: {"url": url}}), LIMIT)
+    assert err.value.field == f"messages[1].content[0].{kind}"
+
+
+def test_openai_messages_without_media_or_of_odd_shapes_pass() -> None:
+    for messages in (None, "x", [1, {"content": "text"}, {"content": [None, {"type": "text"}]}]):
+        check_media_parts(messages, LIMIT)

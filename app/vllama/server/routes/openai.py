@@ -22,6 +22,7 @@ from vllama.server.deps import (
     acquire_model,
     get_metrics,
     get_pool,
+    get_settings,
     is_large,
     raw_json_body,
     record_usage,
@@ -32,6 +33,8 @@ from vllama.server.deps import (
 from vllama.server.errors import error_response, openai_error_body, upstream_error_response
 from vllama.server.jsonbody import InvalidJson
 from vllama.server.streaming import ProxyStream
+from vllama.translate.errors import TranslationError
+from vllama.translate.images import check_media_parts
 from vllama.upstream.balancer import affinity_key
 from vllama.upstream.errors import UpstreamError
 from vllama.upstream.pool import ServedModel
@@ -90,6 +93,20 @@ def _type_problem(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+async def _media_problem(request: Request, messages: Any) -> TranslationError | None:
+    """Images, audio and video parts checked (images.check_media_parts); large bodies
+    off the event loop (decoding megabytes of base64)."""
+    max_pixels = get_settings(request).max_image_pixels
+    try:
+        if is_large(request):
+            await asyncio.to_thread(check_media_parts, messages, max_pixels)
+        else:
+            check_media_parts(messages, max_pixels)
+    except TranslationError as exc:
+        return exc
+    return None
+
+
 def _encode(body: dict[str, Any]) -> bytes:
     return fastjson.dumps(body)
 
@@ -107,6 +124,10 @@ async def forward(request: Request, *, route: str) -> Response:
     problem = _type_problem(route, body)
     if problem is not None:
         return _bad_request(path, *problem)
+    if route == "/v1/chat/completions":
+        media = await _media_problem(request, body.get("messages"))
+        if media is not None:
+            return _bad_request(path, media.message, media.field)
     name: str = body["model"]
     stream = body.get("stream") is True
     pool = get_pool(request)

@@ -107,3 +107,23 @@ async def test_models_list_served_models_then_aliases() -> None:
     assert alias.json()["parent"] == CHAT and alias.json()["max_model_len"] == 512
     assert by_id.json()["id"] == CHAT and by_id.json()["parent"] is None
     assert ghost.status_code == 404 and ghost.json()["error"]["code"] == 404
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        # A 14000x14000 PNG header in 90 bytes: vLLM 0.32 answers it with a 500.
+        ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAANrAAADawCAIAAAA=", "14000x14000"),
+        ("https://example.invalid/cat.png", "must be a base64 data URL"),
+    ],
+)
+async def test_media_the_engine_should_not_decode_or_fetch_is_a_400(url: str, message: str) -> None:
+    app, pool = make_app()
+    part = {"type": "image_url", "image_url": {"url": url}}
+    body = {"model": "demo", "messages": [{"role": "user", "content": [part]}]}
+    async with client_for(app) as c:
+        r = await c.post("/v1/chat/completions", json=body)
+    error = r.json()["error"]
+    assert r.status_code == 400 and message in error["message"], error
+    assert error["param"] == "messages[0].content[0].image_url"
+    assert pool.calls == []
