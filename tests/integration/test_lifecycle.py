@@ -74,9 +74,13 @@ class Facade:
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def argv(self, *args: str) -> list[str]:
+        """A `vllama` command line that asks this façade."""
+        return [sys.executable, "-m", "vllama.cli.main", *args, "--port", str(self.serve.port)]
+
     def vllama(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "vllama.cli.main", *args, "--port", str(self.serve.port)],
+            self.argv(*args),
             capture_output=True,
             text=True,
             env=self.env,
@@ -264,19 +268,7 @@ def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
         model=A, messages=[{"role": "user", "content": "hello"}], keep_alive=KEEP, options=options
     ).message.content
     term = Terminal(
-        [
-            sys.executable,
-            "-m",
-            "vllama.cli.main",
-            "run",
-            A,
-            "--keepalive",
-            KEEP,
-            "--port",
-            str(facade.serve.port),
-        ],
-        {**facade.env, "TERM": "dumb"},
-        facade.tmp,
+        facade.argv("run", A, "--keepalive", KEEP), {**facade.env, "TERM": "dumb"}, facade.tmp
     )
     term.read_until(">>> ", 120)
     term.type("/set parameter temperature 0")
@@ -290,18 +282,7 @@ def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
     text = ANSI.sub("", shown)
     assert expected and expected.strip() in text, (expected, text)
     once = subprocess.run(  # a prompt argument plus piped stdin: one answer, no chat
-        [
-            sys.executable,
-            "-m",
-            "vllama.cli.main",
-            "run",
-            A,
-            "--keepalive",
-            KEEP,
-            "and this",
-            "--port",
-            str(facade.serve.port),
-        ],
+        facade.argv("run", A, "--keepalive", KEEP, "and this"),
         input="say something",
         capture_output=True,
         text=True,
