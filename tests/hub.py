@@ -5,8 +5,8 @@ Two olah processes (vtuber-plan/olah 0.5.4 from PyPI, in .venv-hub made by
 scripts/setup-hub-venv.sh; docs/development.md says why olah):
 
 - the *mirror*: olah's `mirrors-path` mode, offline, serving git repositories built here
-  from local folders (the demo model and all-MiniLM-L6-v2, weights as Git LFS objects as
-  on the Hub);
+  from local folders (the demo model, a second one of its shape built with another seed,
+  and all-MiniLM-L6-v2, weights as Git LFS objects as on the Hub);
 - the *front*: olah's caching proxy mode with the mirror as its upstream hub. The mirror
   mode answers a Range request with the whole file (200), the proxy mode with the range
   (206), as the Hub's CDN does; resumed downloads need that. Its cache block (128 MB) is
@@ -42,12 +42,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests import procs
-from tests.engines import demo_model_dir, embed_model_dir
+from tests.engines import CACHE, demo_model_dir, embed_model_dir
 from tests.procs import REPO, free_port
 
 HUB_VENV = REPO / ".venv-hub"
 MIRRORS = REPO / ".cache" / "hub" / "mirrors"
 DEMO_REPO = "vllama-test/vllama-demo"
+DEMO_B_REPO = "vllama-test/vllama-demo-b"  # the demo model's shape, other weights (seed 1)
 EMBED_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 GATED = "vllama-test/gated-demo"  # served only through the stand-in gate
 MISSING = "vllama-test/no-such-model"
@@ -60,6 +61,13 @@ GIT_ENV = {
     "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z",
     "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z",
 }
+
+
+def demo_b_dir() -> Path:
+    """A second small chat model: the demo model built with another seed."""
+    from vllama.engine.demo_model import build_demo_model
+
+    return build_demo_model(CACHE / "models" / "vllama-demo-b", seed=1)
 
 
 def hub_venv() -> Path:
@@ -367,6 +375,7 @@ def start_hub(workdir: Path) -> Iterator[Hub]:
     """The hub with the demo and embedding models; stopped (every process) afterwards."""
     bin_dir = hub_venv()
     build_repo(demo_model_dir(), DEMO_REPO)
+    build_repo(demo_b_dir(), DEMO_B_REPO)
     build_repo(embed_model_dir(), EMBED_REPO)
     workdir.mkdir(parents=True, exist_ok=True)
     mirror_port, shim_port, front_port, relay_port = (free_port() for _ in range(4))

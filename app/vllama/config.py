@@ -19,7 +19,8 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vllama.names import resolve_alias
+from vllama.names import resolve_name
+from vllama.units import parse_duration, parse_size
 
 ENV_PREFIX = "VLLAMA_"
 DEFAULT_PORT = 11434  # Ollama's port: every Ollama client's default
@@ -274,7 +275,8 @@ class Settings(BaseModel):
     # store or routing. Client keys (api_keys) only infer and read.
     admin_keys: list[ApiKey] = Field(default_factory=list)
     admin_keys_file: Path | None = None
-    log_format: Literal["json", "text"] = "json"
+    # auto: human-readable text on a terminal, JSON lines otherwise (systemd, compose, CI).
+    log_format: Literal["auto", "json", "text"] = "auto"
     log_level: str = "INFO"
 
     # Supervised engines.
@@ -282,15 +284,72 @@ class Settings(BaseModel):
     engine_startup_timeout_s: float = Field(900.0, gt=0)  # first loads take minutes
     engine_grace_s: float = Field(10.0, ge=0)  # SIGTERM -> SIGKILL
     cache_dir: Path | None = None  # Hugging Face cache; None: the hub's default
+
+    # Models over time (docs/lifecycle.md): engines `vllama serve` starts for pulled models
+    # on their first request and stops after keep_alive, within a memory budget per device.
+    on_demand: bool = True
+    # Ollama's keep_alive (OLLAMA_KEEP_ALIVE): "5m", "1h", seconds; 0 unloads after each
+    # request, negative keeps loaded. Requests override it with their own keep_alive.
+    keep_alive: str | float = "5m"
+    # The context (--max-model-len) an on-demand engine gets, at most the model's own
+    # (Ollama's OLLAMA_CONTEXT_LENGTH); the KV cache is sized for `num_parallel` of them.
+    context_length: int = Field(4096, ge=16)
+    num_parallel: int = Field(4, ge=1)
+    # Per device (each GPU; the host's memory on the CPU build): "90%" of it, or "20GiB".
+    memory_budget: str = "90%"
+    # Memory an engine takes besides weights and KV cache; None: per device kind
+    # (lifecycle.memory.DEFAULT_OVERHEAD).
+    engine_overhead: str | None = None
+    # How long a request for a model that does not fit waits for busy engines to go idle.
+    engine_wait_s: float = Field(60.0, ge=0)
+    # vLLM's sleep mode (GPU builds): idle engines sleep and wake instead of restarting.
+    sleep_mode: bool = True
+    sleep_level: int = Field(1, ge=1, le=2)
     log_dir: Path = Path.home() / ".local" / "state" / "vllama" / "logs"
     state_dir: Path = Path.home() / ".local" / "state" / "vllama"
 
     # The version /api/version reports: Copilot and Open WebUI need >= 0.6.4.
     ollama_version: str = "0.9.0"
 
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, v: str | float) -> str | float:
+        parse_duration(v)  # ValueError names what is wrong
+        return v
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget(cls, v: str) -> str:
+        text = v.strip()
+        if text.endswith("%"):
+            try:
+                share = float(text[:-1])
+            except ValueError:
+                raise ValueError(f"{v!r} is not a share: write it as 90%") from None
+            if not 0 < share <= 100:
+                raise ValueError(
+                    f"{v!r}: a share of the device's memory is above 0% and at most 100%"
+                )
+        else:
+            parse_size(text)
+        return text
+
+    @field_validator("engine_overhead")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+    def model_keep_alive_s(self) -> float:
+        """The default keep_alive of models, in seconds (negative: forever). Not
+        `keep_alive_s`, which is how long idle HTTP connections stay open."""
+        return parse_duration(self.keep_alive)
+
     def resolve_alias(self, name: str) -> str:
-        """The configured target of `name`, with or without `:latest` (vllama.names)."""
-        return resolve_alias(self.aliases, name)
+        """What `name` means: a configured alias (with or without `:latest`), else a name
+        from Ollama's library (vllama.names.LIBRARY), else `name` itself."""
+        return resolve_name(self.aliases, name)
 
 
 # --- loading ------------------------------------------------------------------------------

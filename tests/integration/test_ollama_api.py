@@ -285,7 +285,7 @@ def test_copy_makes_an_alias_and_delete_removes_it(client: ollama.Client) -> Non
     assert info.value.status_code == 404
     with pytest.raises(ollama.ResponseError) as info:
         client.delete(CHAT)  # served by a running engine: says what to do
-    assert "stop that engine first" in info.value.error
+    assert "is being served by a running engine: unload it with" in info.value.error
 
 
 # --- errors --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from vllama.cli.output import FAILED, UNREACHABLE, CliError
@@ -31,13 +32,7 @@ def request_json(url: str, *, method: str = "GET", body: Any = None, timeout: fl
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read())
-            err = payload.get("error")
-            message = err.get("message") if isinstance(err, dict) else err
-        except (ValueError, AttributeError):
-            message = None
-        raise CliError(message or f"HTTP {exc.code} from {url}", FAILED) from exc
+        raise _http_error(exc, url) from exc
     except (OSError, ValueError) as exc:
         raise CliError(
             f"no vllama answered at {url.split('/api')[0]} ({exc}); start it with "
@@ -55,3 +50,44 @@ def probe(url: str, timeout: float = 3.0) -> tuple[int | None, str]:
         return int(exc.code), str(exc.reason)
     except OSError as exc:
         return None, str(getattr(exc, "reason", exc))
+
+
+def stream_lines(url: str, body: Any, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    """POST `body` and yield each NDJSON object of the answer as it arrives (Ollama's
+    streams). HTTP errors and an `{"error": ...}` line raise CliError with the server's
+    message. Closing the generator (or Ctrl-C) closes the connection, which ends the
+    request on the server too."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        raise _http_error(exc, url) from exc
+    except OSError as exc:
+        raise CliError(
+            f"no vllama answered at {url.split('/api')[0]} ({exc}); start it with "
+            "`vllama serve`, or point --host/--port at it",
+            UNREACHABLE,
+        ) from exc
+    with resp:
+        for raw in resp:
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                raise CliError(f"{url} sent a line that is not JSON", FAILED) from exc
+            if isinstance(obj, dict) and obj.get("error"):
+                raise CliError(str(obj["error"]), FAILED)
+            if isinstance(obj, dict):
+                yield obj
+
+
+def _http_error(exc: urllib.error.HTTPError, url: str) -> CliError:
+    try:
+        payload = json.loads(exc.read())
+        err = payload.get("error")
+        message = err.get("message") if isinstance(err, dict) else err
+    except (ValueError, AttributeError):
+        message = None
+    return CliError(message or f"HTTP {exc.code} from {url}", FAILED, status=exc.code)

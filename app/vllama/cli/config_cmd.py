@@ -53,19 +53,29 @@ DESCRIPTIONS: dict[str, str] = {
     "drain_delay_s": "On SIGTERM: seconds /health/ready says 'draining' while requests are still taken, before new connections are refused (above the gateway's health-check interval).",
     "api_keys_file": "File of `name:key[:max_concurrency[:priority]]` lines: keys kept out of this file.",
     "admin_keys_file": "File of admin keys (same format): pull, delete, copy and routing changes need one.",
-    "log_format": "json (one object a line) or text.",
+    "log_format": "auto (text on a terminal, JSON lines otherwise), json or text.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
     "engine_python": "Python interpreter that has vLLM, for supervised engines; unset: this one.",
     "engine_startup_timeout_s": "Seconds a supervised engine may take to load (first loads take minutes).",
     "engine_grace_s": "Seconds between SIGTERM and SIGKILL when stopping an engine.",
     "cache_dir": "Model cache (Hugging Face layout); unset: the hub's default (HF_HUB_CACHE).",
+    "on_demand": "Start an engine for a pulled model on its first request, stop it after keep_alive.",
+    "keep_alive": "How long an idle on-demand engine stays loaded (5m, 1h, seconds; 0: unload after each request; negative: keep).",
+    "context_length": "Context (--max-model-len) of on-demand engines, at most the model's own.",
+    "num_parallel": "Full-length sequences the KV cache of an on-demand engine is sized for.",
+    "memory_budget": "Memory per device (each GPU; host memory on the CPU build) engines may take: 90% or 20GiB.",
+    "engine_overhead": "Memory an engine takes besides weights and KV cache (e.g. 2GiB); unset: per device kind.",
+    "engine_wait_s": "Seconds a request for a model that does not fit waits for busy engines before a 503.",
+    "sleep_mode": "GPU builds: put idle engines to sleep (vLLM's sleep mode) instead of stopping them.",
+    "sleep_level": "Sleep level: 1 keeps weights in host memory (fast wake), 2 drops them.",
     "log_dir": "Where supervised engines' logs rotate.",
     "state_dir": "vllama's own state.",
     "ollama_version": "Version /api/version reports (clients such as Copilot need >= 0.6.4).",
 }
 
 _TABLES = """\
-# Friendly model names, the same on /api and /v1 (`name:latest` works too).
+# Friendly model names, the same on /api and /v1 (`name:latest` works too). They add to
+# (and win over) the built-in table of Ollama library names (docs/lifecycle.md).
 [aliases]
 "qwen2.5:0.5b" = "Qwen/Qwen2.5-0.5B-Instruct"
 
@@ -145,6 +155,7 @@ def example_config() -> str:
                 "admin_keys_file": '"/etc/vllama/admin-keys"',
                 "engine_python": '"/opt/vllm/bin/python"',
                 "rate_limit_per_minute": "600",
+                "engine_overhead": '"2GiB"',
                 "metrics_dir": '"/run/vllama/metrics"',
             }
             lines.append(f"#{name} = {hint.get(name, '...')}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama import __version__
-from vllama.cli import config_cmd, doctor, engine_cmd, models_cmd, plan_cmd, serve
+from vllama.cli import config_cmd, doctor, engine_cmd, models_cmd, plan_cmd, run_cmd, serve
 from vllama.cli.output import USAGE, CliError, fail
 from vllama.config import ConfigError, Settings, load_settings
 
@@ -83,9 +83,22 @@ def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
         "--force", action="store_true", help="remove even when no running vllama can be asked"
     )
 
-    p = sub.add_parser("ps", help="models the running façade serves")
+    p = sub.add_parser("ps", help="loaded models: memory, processor, until when")
     _common(p)
     _output(p)
+
+    p = sub.add_parser("run", help="chat with a model (pulled first if missing), or answer once")
+    _common(p)
+    run_cmd.add_run_arguments(p)
+
+    p = sub.add_parser("stop", help="unload a model now")
+    _common(p)
+    p.add_argument("model")
+
+    p = sub.add_parser("cp", help="give a model another name (an alias, until restart)")
+    _common(p)
+    p.add_argument("source")
+    p.add_argument("destination")
 
     p = sub.add_parser("show", help="details of a served model")
     _common(p)
@@ -134,11 +147,27 @@ _RUNNERS = {
     "ls": models_cmd.run_list,
     "rm": models_cmd.run_rm,
     "ps": models_cmd.run_ps,
+    "run": run_cmd.run_run,
+    "stop": run_cmd.run_stop,
+    "cp": run_cmd.run_cp,
     "show": models_cmd.run_show,
     "config": config_cmd.run,
     "engine": engine_cmd.run,
     "plan": plan_cmd.run,
 }
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line. `vllama run`'s prompt words may also come after its options
+    (`vllama run M --verbose why is the sky blue`, as `ollama run` takes them):
+    argparse alone ends a `*` positional at the first option."""
+    parser = build_parser(with_bench=bool(argv) and argv[0] == "bench")
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and not any(a.startswith("-") for a in extra):
+        args.prompt = [*args.prompt, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, engine_extra = argv[:cut], argv[cut + 1 :]
-    args = build_parser(with_bench=bool(argv) and argv[0] == "bench").parse_args(argv)
+    args = parse(argv)
     args.engine_extra = engine_extra
     if engine_extra and args.command not in ("serve", "engine"):
         fail(

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,47 @@ def run_rm(args: argparse.Namespace, settings: Settings, sources: dict[str, str]
     return OK
 
 
+def human_until(expires_at: str | None, now: float | None = None) -> str:
+    """`/api/ps`'s expires_at as `ollama ps` prints it: "4 minutes from now", "Forever",
+    "Stopping..." once it has passed."""
+    if not expires_at:
+        return "Never"
+    try:
+        when = datetime.fromisoformat(expires_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return expires_at
+    delta = when - (time.time() if now is None else now)
+    if delta > 20 * 365 * 86400:
+        return "Forever"
+    if delta <= 0:
+        return "Stopping..."
+    seconds = int(delta)
+    if seconds < 1:
+        text = "Less than a second"
+    elif seconds < 60:
+        text = "1 second" if seconds == 1 else f"{seconds} seconds"
+    elif seconds < 3600:
+        minutes = seconds // 60
+        text = "About a minute" if minutes == 1 else f"{minutes} minutes"
+    else:
+        hours = round(seconds / 3600)
+        text = "About an hour" if hours == 1 else f"{hours} hours"
+    return f"{text} from now"
+
+
+def _processor(size: int, vram: int) -> str:
+    if vram == 0:
+        return "100% CPU"
+    if vram == size:
+        return "100% GPU"
+    if size == 0 or vram > size:
+        return "Unknown"
+    cpu = round((size - vram) / size * 100)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
 def run_ps(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -> int:
+    """As `ollama ps`: what is loaded, its memory, where, and until when."""
     data = request_json(f"{facade_url(settings)}/api/ps")
     models: list[dict[str, Any]] = data.get("models", [])
     if args.json:
@@ -177,14 +218,17 @@ def run_ps(args: argparse.Namespace, settings: Settings, sources: dict[str, str]
         for m in models:
             print(m.get("name"))
     else:
-        rows = [["NAME", "SIZE", "CONTEXT", "UNTIL"]]
+        rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
         for m in models:
+            size, vram = int(m.get("size") or 0), int(m.get("size_vram") or 0)
             rows.append(
                 [
                     str(m.get("name")),
-                    human_size(m.get("size") or 0),
+                    str(m.get("digest") or "")[:12],
+                    human_size(size),
+                    _processor(size, vram),
                     str(m.get("context_length") or "-"),
-                    str(m.get("expires_at") or "-"),
+                    human_until(m.get("expires_at")),
                 ]
             )
         print(table(rows))

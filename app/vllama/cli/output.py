@@ -19,9 +19,10 @@ INTERRUPTED = 130
 class CliError(Exception):
     """Printed as `vllama <cmd>: <message>` with exit code `code`."""
 
-    def __init__(self, message: str, code: int = FAILED) -> None:
+    def __init__(self, message: str, code: int = FAILED, *, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status  # the HTTP status, when a server answered with an error
 
 
 def emit_json(data: Any) -> None:

@@ -100,3 +100,46 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000  # type: ignore[assignment]
     return f"{n} B"
+
+
+class Spinner:
+    """A spinner with the elapsed time on a terminal while something blocks (a model
+    loading, the first token coming); nothing at all when the stream is not a terminal."""
+
+    def __init__(self, label: str = "", stream: TextIO | None = None) -> None:
+        import threading
+
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.stream.isatty():
+            self._thread = threading.Thread(target=self._draw, name="spinner", daemon=True)
+            self._thread.start()
+
+    def _draw(self) -> None:
+        start = time.monotonic()
+        frame = 0
+        # Quiet for the first moments: a quick answer shows no spinner at all.
+        while not self._stop.wait(0.1):
+            elapsed = time.monotonic() - start
+            if elapsed < 0.3:
+                continue
+            frame = (frame + 1) % len(_FRAMES)
+            label = f"{self.label} " if self.label else ""
+            self.stream.write(f"\r{_FRAMES[frame]} {label}({_clock(elapsed)})\x1b[K")
+            self.stream.flush()
+
+    def stop(self) -> None:
+        if self._thread is None or self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        self.stream.write("\r\x1b[K")
+        self.stream.flush()
+
+    def __enter__(self) -> Spinner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

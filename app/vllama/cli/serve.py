@@ -18,16 +18,19 @@ import socket
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllama.cli.client import facade_url
 from vllama.cli.output import ENGINE_START, FAILED, OK, USAGE, CliError
 from vllama.cli.plan_cmd import with_planned_engines
 from vllama.cli.progress import LoadProgress
 from vllama.config import ModelLaunch, Settings
-from vllama.engine.launch import PASSTHROUGH_FLAGS, EngineSpec, engine_spec, is_cpu_build
+from vllama.engine.launch import PASSTHROUGH_FLAGS, is_cpu_build
 from vllama.engine.supervisor import EngineStartError, Supervisor
 from vllama.models.store import ModelStore
+
+if TYPE_CHECKING:  # imported when serving: aiohttp and the pool cost every other command
+    from vllama.lifecycle.scheduler import EngineScheduler
 
 log = logging.getLogger("vllama.serve")
 
@@ -107,12 +110,6 @@ def _check_port_free(host: str, port: int) -> None:
         ) from exc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLaunch, bool]]:
     """Every engine to start: (launch, is_demo). CLI engine flags apply to each."""
     extra = engine_args(args)
@@ -133,13 +130,33 @@ def launches(args: argparse.Namespace, settings: Settings) -> list[tuple[ModelLa
     return out
 
 
-def _reads_images(launch: ModelLaunch, settings: Settings) -> bool:
-    """The model's config.json (local or in the cache) says it is a vision model."""
-    from vllama.models.info import read_model_config
-    from vllama.upstream.capabilities import vision_in_config
+def vllm_available(settings: Settings) -> bool:
+    """Whether engines can be started from here: vLLM importable by this interpreter, or
+    another interpreter named (`engine_python`, trusted to have it)."""
+    import importlib.util
 
-    return vision_in_config(
-        read_model_config(settings.resolve_alias(launch.model), settings.cache_dir)
+    return settings.engine_python is not None or importlib.util.find_spec("vllm") is not None
+
+
+def make_scheduler(
+    args: argparse.Namespace,
+    settings: Settings,
+    todo: list[tuple[ModelLaunch, bool]],
+    supervisor: Supervisor,
+    cpu: bool,
+) -> EngineScheduler:
+    from vllama.lifecycle.catalog import Catalog
+    from vllama.lifecycle.devices import detect_devices, free_memory
+    from vllama.lifecycle.scheduler import EngineScheduler
+
+    devices = detect_devices(cpu)
+    return EngineScheduler(
+        settings,
+        supervisor,
+        Catalog(settings, engine_args=engine_args(args), configured=todo),
+        cpu_build=cpu,
+        devices=devices,
+        free_memory=lambda: free_memory(devices),
     )
 
 
@@ -156,10 +173,17 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
             USAGE,
         )
     todo = launches(args, settings)
-    if not todo and not settings.engines:
+    if settings.on_demand and not vllm_available(settings):
+        log.info("on-demand engines off: vLLM is not installed for this interpreter")
+        settings.on_demand = False
+    if settings.on_demand and settings.workers > 1:  # an engine one worker started: unknown
+        log.info("on-demand engines off: workers = %d front engines only", settings.workers)
+        settings.on_demand = False
+    if not todo and not settings.engines and not settings.on_demand:
         raise CliError(
             "nothing to serve: give --engine URL (a running vLLM), --model NAME_OR_PATH, --demo, "
-            "or declare the host's engines in the config's [plan]",
+            "or declare the host's engines in the config's [plan] (or install vLLM here, so "
+            "that pulled models load on demand)",
             USAGE,
         )
     _check_port_free(settings.host, settings.port)
@@ -170,19 +194,14 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
         if reason:
             raise CliError(reason, FAILED)
     cpu = is_cpu_build()
-    specs: list[EngineSpec] = [
-        engine_spec(
-            launch,
-            settings,
-            launch.port or free_port(),
-            cpu_build=cpu,
-            demo=demo,
-            vision=_reads_images(launch, settings),
-        )
-        for launch, demo in todo
-    ]
-    settings.engines = [*settings.engines, *(s.engine_config() for s in specs)]
-    supervisor = Supervisor(specs, log_dir=settings.log_dir, grace_s=settings.engine_grace_s)
+    supervisor = Supervisor([], log_dir=settings.log_dir, grace_s=settings.engine_grace_s)
+    scheduler = make_scheduler(args, settings, todo, supervisor, cpu)
+    from vllama.upstream.errors import UpstreamError
+
+    try:
+        specs = [p.spec for p in scheduler.plan(todo)]  # placed within the memory budget
+    except UpstreamError as exc:
+        raise CliError(exc.message, FAILED) from exc
 
     stopping = threading.Event()
 
@@ -196,16 +215,23 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
     try:
         if specs:
             for s in specs:
+                supervisor.add(s)
                 print(
                     f"vllama: starting engine {s.name} on {s.url} "
                     f"(log: {supervisor.log_paths()[s.url]})",
                     file=sys.stderr,
                 )
-            supervisor.start()
             progress = LoadProgress(f"loading {len(specs)} engine(s)")
             supervisor.wait_ready(settings.engine_startup_timeout_s, progress.update)
             progress.done(f"vllama: {len(specs)} engine(s) ready")
-        _serve_facade(settings, supervisor)
+        if settings.on_demand:
+            print(
+                "vllama: pulled models load on their first request and unload after "
+                f"keep_alive {settings.keep_alive} (memory budget {settings.memory_budget} "
+                f"of {', '.join(d.label for d in scheduler.devices)})",
+                file=sys.stderr,
+            )
+        _serve_facade(settings, supervisor, scheduler)
     except KeyboardInterrupt:
         code = OK
     except EngineStartError as exc:
@@ -215,7 +241,7 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
         stopping.set()
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # stopping now; a second signal changes nothing
-        if specs:
+        if supervisor.pgids():
             print("vllama: stopping engines", file=sys.stderr)
         supervisor.stop()
         for sig, handler in previous.items():
@@ -223,10 +249,10 @@ def run(args: argparse.Namespace, settings: Settings, sources: dict[str, str]) -
     return code
 
 
-def _serve_facade(settings: Settings, supervisor: Supervisor) -> None:
+def _serve_facade(settings: Settings, supervisor: Supervisor, scheduler: EngineScheduler) -> None:
     from vllama.server.workers import facade_app, serve_here
 
-    app = facade_app(settings)
+    app = facade_app(settings, loader=scheduler)
     metrics = getattr(app.state, "metrics", None)
     if metrics is not None:
         supervisor.on_restart = metrics.engine_restarted

@@ -44,25 +44,27 @@ def add(a, b):
 """
 
 
-def _fingerprint() -> str:
-    return hashlib.sha256((RECIPE_VERSION + CHAT_TEMPLATE + _CORPUS).encode()).hexdigest()[:16]
+def _fingerprint(seed: int = 0) -> str:
+    recipe = RECIPE_VERSION + CHAT_TEMPLATE + _CORPUS + ("" if seed == 0 else f"seed={seed}")
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def is_built(path: Path) -> bool:
-    """A build of the current recipe is at `path`."""
+def is_built(path: Path, seed: int = 0) -> bool:
+    """A build of the current recipe (with this seed) is at `path`."""
     marker = path / MARKER_FILE
     if not marker.is_file():
         return False
     try:
-        return bool(json.loads(marker.read_text()).get("fingerprint") == _fingerprint())
+        return bool(json.loads(marker.read_text()).get("fingerprint") == _fingerprint(seed))
     except (OSError, ValueError):
         return False
 
 
-def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
-    """Build (or reuse) the demo model at `path`; return the directory vLLM can load."""
+def build_demo_model(path: Path | None = None, *, force: bool = False, seed: int = 0) -> Path:
+    """Build (or reuse) the demo model at `path`; return the directory vLLM can load.
+    Another `seed` gives another model of the same shape (tests need two that differ)."""
     path = default_demo_dir() if path is None else path
-    if is_built(path) and not force:
+    if is_built(path, seed) and not force:
         return path
     path.mkdir(parents=True, exist_ok=True)
 
@@ -98,7 +100,7 @@ def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
     fast.model_max_length = 2048
     fast.save_pretrained(path)
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=len(fast),
         hidden_size=128,
@@ -116,7 +118,7 @@ def build_demo_model(path: Path | None = None, *, force: bool = False) -> Path:
     model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(path, safe_serialization=True)
     (path / MARKER_FILE).write_text(
-        json.dumps({"name": DEMO_MODEL_NAME, "fingerprint": _fingerprint()}) + "\n"
+        json.dumps({"name": DEMO_MODEL_NAME, "fingerprint": _fingerprint(seed)}) + "\n"
     )
     return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,13 @@ PASSTHROUGH_FLAGS: tuple[tuple[str, bool], ...] = (
 CPU_DEFAULT_FLAGS: dict[str, str] = {"--dtype": "bfloat16"}
 PER_REQUEST_METRICS = "--enable-per-request-metrics"  # vLLM 0.32 (engine/pins.py)
 DEMO_CPU_FLAGS: dict[str, str] = {"--dtype": "bfloat16", "--max-model-len": "512"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for an engine to listen on."""
+    with socket.socket() as s:
+        s.bind((ENGINE_HOST, 0))
+        return int(s.getsockname()[1])
 
 
 def is_cpu_build() -> bool:
@@ -157,10 +165,16 @@ def engine_spec(
     host: str = ENGINE_HOST,
     python: str | None = None,
     environ: Mapping[str, str] | None = None,
+    devices: Sequence[int] | None = None,
+    sleep_mode: bool = False,
 ) -> EngineSpec:
     """The command line and environment for the engine that serves `launch`.
 
     `vision`: the model's files say it reads images (the caller reads them).
+    `devices`: the GPUs it may use (CUDA_VISIBLE_DEVICES), as the memory budget placed it.
+    `sleep_mode`: vLLM's sleep mode (GPU builds), whose /sleep and /wake_up endpoints
+    vLLM 0.32 serves only in its development mode (VLLM_SERVER_DEV_MODE=1): the engine
+    listens on 127.0.0.1 only, where no client reaches those endpoints.
     """
     environ = os.environ if environ is None else environ
     model_ref = settings.resolve_alias(launch.model)
@@ -172,6 +186,8 @@ def engine_spec(
         # without one, eager mode still serves (slower) instead of failing at load.
         if shutil.which("g++") is None and not has_flag(args, "--enforce-eager"):
             args.append("--enforce-eager")
+    if sleep_mode and not has_flag(args, "--enable-sleep-mode"):
+        args.append("--enable-sleep-mode")
     if not has_flag(args, PER_REQUEST_METRICS) and not has_flag(args, "--disable-log-stats"):
         # Answers say how long their generation took: /api `stream: false` is then asked
         # for whole, not streamed (docs/performance-analysis.md). vLLM refuses the flag
@@ -186,8 +202,18 @@ def engine_spec(
         args=args,
     )
     env = dict(ENGINE_BASE_ENV)
-    if cpu_build and "VLLM_CPU_KVCACHE_SPACE" not in environ:
-        env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the CPU build's default takes too much
+    # The CPU build's default KV cache takes too much; 1 GiB unless the engine's arguments
+    # size it (VLLM_CPU_KVCACHE_SPACE would override --kv-cache-memory-bytes).
+    if (
+        cpu_build
+        and "VLLM_CPU_KVCACHE_SPACE" not in environ
+        and not has_flag(args, "--kv-cache-memory-bytes")
+    ):
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    if sleep_mode:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     if Path(model_ref).is_dir():
         # A local directory needs no hub; offline avoids a slow timeout where there is none.
         env.setdefault("HF_HUB_OFFLINE", "1")

@@ -78,6 +78,24 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def group_rss(pgid: int) -> int:
+    """Resident memory of every live process in a group, in bytes (Linux /proc)."""
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if int(fields[2]) != pgid:
+                continue
+            total += int((entry / "statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 @dataclass
 class _Child:
     spec: EngineSpec
@@ -128,6 +146,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
+        self.log_dir = log_dir
         if specs:
             log_dir.mkdir(parents=True, exist_ok=True)
         self._children = [self._make_child(spec, log_dir) for spec in specs]
@@ -166,13 +185,64 @@ class Supervisor:
     def ready_count(self) -> int:
         return sum(c.ready for c in self._children)
 
+    # status() and memory() read without the lock: the watcher holds it through a health
+    # check (up to a second), and these are asked from the event loop.
+
+    def status(self, url: str) -> tuple[bool, str | None]:
+        """(ready, why it failed to load) of the engine at `url`; KeyError if unknown."""
+        child = self._child(url)
+        return child.ready, child.failed
+
+    def memory(self, url: str) -> int | None:
+        """Resident memory of the engine's whole process group (API server, engine core,
+        workers), in bytes; None when it is not running."""
+        try:
+            proc = self._child(url).proc
+        except KeyError:
+            return None
+        return group_rss(proc.pid) if proc is not None and proc.returncode is None else None
+
+    def _child(self, url: str) -> _Child:
+        for child in list(self._children):
+            if child.spec.url == url:
+                return child
+        raise KeyError(url)
+
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         for child in self._children:
             self._spawn(child)
+        self._watch_in_background()
+
+    def _watch_in_background(self) -> None:
         self._monitor = threading.Thread(target=self._watch, name="vllama-supervisor", daemon=True)
         self._monitor.start()
+
+    def add(self, spec: EngineSpec) -> None:
+        """Start one more engine now (an on-demand load); `status(spec.url)` follows it."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        child = self._make_child(spec, self.log_dir)
+        with self._lock:
+            if self._stopping.is_set():
+                raise EngineStartError("vllama is stopping")
+            self._children = [c for c in self._children if c.spec.url != spec.url] + [child]
+            self._spawn(child)
+            if self._monitor is None:
+                self._watch_in_background()
+
+    def remove(self, url: str) -> None:
+        """Stop the engine at `url` (SIGTERM to its group, SIGKILL after the grace period)
+        and forget it: no restart. Blocks until its processes are gone."""
+        with self._lock:
+            try:
+                child = self._child(url)
+            except KeyError:
+                return
+            self._children.remove(child)
+        if child.proc is not None:
+            self._terminate([child.proc])
+        self._close(child)
 
     def _spawn(self, child: _Child) -> None:
         spec = child.spec
@@ -243,9 +313,10 @@ class Supervisor:
 
     def _watch(self) -> None:
         while not self._stopping.wait(self.poll_s):
-            for child in self._children:
+            for child in list(self._children):
                 with self._lock:
-                    self._check(child)
+                    if child in self._children:  # not removed meanwhile (no restart then)
+                        self._check(child)
 
     def _check(self, child: _Child) -> None:
         proc = child.proc
@@ -307,6 +378,11 @@ class Supervisor:
             self._monitor.join(5)
         with self._lock:
             procs = [c.proc for c in self._children if c.proc is not None]
+        self._terminate(procs)
+        for child in self._children:
+            self._close(child)
+
+    def _terminate(self, procs: Sequence[subprocess.Popen[bytes]]) -> None:
         for proc in procs:
             self._kill_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
@@ -325,8 +401,10 @@ class Supervisor:
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-        for child in self._children:
-            for pump in child.pumps:
-                pump.join(2)
-            for handler in child.logger.handlers:
-                handler.close()
+
+    @staticmethod
+    def _close(child: _Child) -> None:
+        for pump in child.pumps:
+            pump.join(2)
+        for handler in child.logger.handlers:
+            handler.close()

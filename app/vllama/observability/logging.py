@@ -142,16 +142,44 @@ def make_formatter(fmt: Literal["json", "text"]) -> logging.Formatter:
     return _TextFormatter(_TEXT_FORMAT)
 
 
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a real file
+        return False
+
+
+def resolve_format(
+    fmt: Literal["auto", "json", "text"], stream: IO[str]
+) -> Literal["json", "text"]:
+    """`auto`: text for a person at a terminal, JSON lines for everything that reads logs."""
+    if fmt == "auto":
+        return "text" if _is_terminal(stream) else "json"
+    return fmt
+
+
+class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """On a terminal, each record first clears the line: `vllama serve`'s spinner (a line
+    redrawn with \r) is wiped instead of having a log line glued to its end."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write("\r\x1b[K")
+        super().emit(record)
+
+
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
     """Route `vllama.*` and uvicorn's loggers to one handler in `settings.log_format`
-    (VLLAMA_LOG_FORMAT) at `settings.log_level`.
+    (VLLAMA_LOG_FORMAT; `auto`: text on a terminal, JSON otherwise) at `settings.log_level`.
 
     uvicorn's own access log is silenced: the middleware writes a richer line.
     Returns the handler (tests capture it).
     """
     level = settings.log_level
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(make_formatter(settings.log_format))
+    out = stream if stream is not None else sys.stderr
+    handler: logging.Handler = (
+        _TerminalHandler(out) if _is_terminal(out) else logging.StreamHandler(out)
+    )
+    handler.setFormatter(make_formatter(resolve_format(settings.log_format, out)))
     for name in ("vllama", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]

@@ -49,6 +49,8 @@ _TTFT_BUCKETS = (
 _INTER_CHUNK_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0
 )  # fmt: skip
+# Loading a model: a wake from sleep takes under a second, a cold start minutes.
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 # The façade's own work per request: should stay well under a millisecond.
 _OVERHEAD_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
@@ -171,6 +173,30 @@ class Metrics:
             ("engine",),
             registry=r,
         )
+        self.model_loads = Counter(
+            "vllama_model_loads",
+            "Engines started (or woken from sleep) for a model on demand.",
+            ("model", "how"),
+            registry=r,
+        )
+        self.model_load_duration = Histogram(
+            "vllama_model_load_duration_seconds",
+            "Time from the first request for a model to its engine answering /health.",
+            ("model",),
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            "vllama_model_unloads",
+            "On-demand engines stopped or put to sleep, by reason (keep_alive, evicted, requested).",
+            ("model", "reason"),
+            registry=r,
+        )
+        self.models_loaded = Gauge(
+            "vllama_models_loaded",
+            "On-demand engines loaded now (sleeping ones not counted).",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "vllama_auth_failures",
             "Requests refused with 401 (missing or unknown API key).",
@@ -251,6 +277,16 @@ class Metrics:
 
     def engine_restarted(self, engine: str) -> None:
         self.engine_restarts.labels(engine).inc()
+
+    def model_loaded(self, model: str, how: str, seconds: float) -> None:
+        self.model_loads.labels(model, how).inc()
+        self.model_load_duration.labels(model).observe(seconds)
+
+    def model_unloaded(self, model: str, reason: str) -> None:
+        self.model_unloads.labels(model, reason).inc()
+
+    def set_models_loaded(self, n: int) -> None:
+        self.models_loaded.set(n)
 
     # --- keys and queue -------------------------------------------------------------------
 

@@ -29,18 +29,21 @@ from vllama.server.errors import install_error_handlers
 from vllama.server.fast_routes import FastRoutes
 from vllama.server.middleware import RequestContextMiddleware
 from vllama.server.route_table import api_router
+from vllama.upstream.loader import EngineLoader
 from vllama.upstream.pool import EnginePool
 
 
 def create_app(
     settings: Settings,
     *,
+    loader: EngineLoader | None = None,
     shared_limits: SharedLimits | None = None,
     metrics_dir: str | None = None,
 ) -> FastAPI:
-    """The façade. In a worker process (server/workers.py): `shared_limits` holds key
-    concurrency and client rates across workers, `metrics_dir` is prometheus-client's
-    multiprocess folder."""
+    """The façade. `loader` (vllama serve's lifecycle.scheduler.EngineScheduler) starts
+    engines for pulled models on demand and stops them after keep_alive. In a worker
+    process (server/workers.py): `shared_limits` holds key concurrency and client rates
+    across workers, `metrics_dir` is prometheus-client's multiprocess folder."""
     metrics = Metrics(multiprocess_dir=metrics_dir)
     pool = EnginePool(
         settings, metrics, model_config=lambda root: read_model_config(root, settings.cache_dir)
@@ -49,9 +52,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()
+        if loader is not None:
+            await loader.start(pool, metrics)
         try:
             yield
         finally:
+            if loader is not None:
+                await loader.close()
             await pool.close()
 
     app = VllamaApp(

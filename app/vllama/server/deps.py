@@ -37,9 +37,13 @@ def get_started_at(request: Request) -> float:
     return cast(float, request.app.state.started_at)
 
 
-def resolve_model(request: Request, name: str) -> ServedModel:
-    """The served model for `name` (aliases included), noted for the access log and metrics."""
-    model = get_pool(request).resolve(name)
+async def acquire_model(
+    request: Request, name: str, keep_alive: float | None = None
+) -> ServedModel:
+    """The served model for `name` (aliases included), its engine started first when it is
+    a pulled model with none (on-demand); noted for the access log and metrics.
+    `keep_alive`: the request's own (seconds), else the default applies."""
+    model = await get_pool(request).acquire(name, keep_alive)
     request.state.model = model.id
     return model
 

@@ -50,6 +50,7 @@ from vllama.security.keys import KeyStore
 from vllama.security.shared import SharedLimits
 from vllama.server.app import create_app
 from vllama.server.http import uvicorn_config
+from vllama.upstream.loader import EngineLoader
 
 log = logging.getLogger("vllama.workers")
 
@@ -62,11 +63,13 @@ _BACKLOG = 2048
 def facade_app(
     settings: Settings,
     *,
+    loader: EngineLoader | None = None,
     shared_limits: SharedLimits | None = None,
     metrics_dir: str | None = None,
 ) -> FastAPI:
-    """The app a façade process serves: create_app plus the model store on disk."""
-    app = create_app(settings, shared_limits=shared_limits, metrics_dir=metrics_dir)
+    """The app a façade process serves: create_app plus the model store on disk. `loader`
+    (vllama serve, workers = 1) starts engines of pulled models on demand."""
+    app = create_app(settings, loader=loader, shared_limits=shared_limits, metrics_dir=metrics_dir)
     if getattr(app.state, "model_store", None) is None:  # /api/pull, /api/delete do real work
         app.state.model_store = ApiModelStore(ModelStore(settings))
     return app

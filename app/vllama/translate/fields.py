@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from vllama.translate.errors import TranslationError
+from vllama.units import parse_duration
 
 
 def require_object(value: Any, field: str | None = None) -> dict[str, Any]:
@@ -60,39 +60,13 @@ def model_name(body: Mapping[str, Any], *, legacy_name: bool = False) -> str:
     return name
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def keep_alive_seconds(body: Mapping[str, Any]) -> float | None:
-    """`keep_alive` as seconds: a number is seconds, a string a Go duration ("5m", "1h30m")."""
+    """`keep_alive` as seconds (vllama.units: a number is seconds, a string a Go duration
+    such as "5m"; negative: keep loaded). None when the request does not say."""
     value = body.get("keep_alive")
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise TranslationError('"keep_alive" must be a finite number', "keep_alive")
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        text = text.lstrip("+-")
-        if text in ("0", ""):
-            return 0.0
-        try:
-            return sign * float(text)  # "300" is seconds too
-        except ValueError:
-            pass
-        pos, total = 0, 0.0
-        for match in _DURATION.finditer(text):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _UNIT_S[match.group(2)]
-            pos = match.end()
-        if pos == len(text) and pos > 0:
-            return sign * total
-        raise TranslationError(
-            f'"keep_alive" {value!r} is not a duration: use seconds or a string such as "5m"',
-            "keep_alive",
-        )
-    raise TranslationError('"keep_alive" must be a number or a duration string', "keep_alive")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise TranslationError(f'"keep_alive" {exc}', "keep_alive") from None

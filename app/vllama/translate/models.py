@@ -100,17 +100,27 @@ def tags_entry(card: ModelCard, facts: ModelFacts | None, name: str) -> dict[str
     }
 
 
-def ps_entry(card: ModelCard, facts: ModelFacts | None, name: str) -> dict[str, Any]:
+def ps_entry(
+    card: ModelCard,
+    facts: ModelFacts | None,
+    name: str,
+    *,
+    expires_unix: float | None = None,
+    size: int | None = None,
+    size_vram: int | None = None,
+) -> dict[str, Any]:
+    """A loaded model. Engines vllama starts on demand give their expiry (None: never)
+    and memory; a fronted engine keeps its model for its lifetime, holding its weights."""
     name = tagged(name)
-    size = _size(facts)
+    weights = _size(facts)
     return {
         "name": name,
         "model": name,
-        "size": size,
+        "size": weights if size is None else size,
         "digest": digest(card, facts),
         "details": details(facts),
-        "expires_at": rfc3339_offset(FOREVER_UNIX),
-        "size_vram": size,  # vLLM holds the whole model on its device
+        "expires_at": rfc3339_offset(FOREVER_UNIX if expires_unix is None else expires_unix),
+        "size_vram": weights if size_vram is None else size_vram,
         "context_length": card.max_model_len or 0,
     }
 

@@ -67,6 +67,28 @@ class EngineConnectionError(UpstreamError):
     retry_after = 2
 
 
+class ModelTooLarge(UpstreamError):
+    """An on-demand model needs more memory than a device's whole budget: it never fits."""
+
+    status = 507  # Insufficient Storage: retrying does not help
+    kind = "memory"
+
+
+class NotEnoughMemory(UpstreamError):
+    """An on-demand model would fit, but busy engines hold the memory it needs."""
+
+    status = 503
+    kind = "memory"
+    retry_after = 10
+
+
+class EngineLoadFailed(UpstreamError):
+    """An on-demand engine exited or timed out while loading (its log says why)."""
+
+    status = 500
+    kind = "load"
+
+
 class EngineHTTPError(UpstreamError):
     """The engine answered with an error status; the message is safe_engine_message's."""
 

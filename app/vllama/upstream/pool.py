@@ -36,7 +36,7 @@ import aiohttp
 
 from vllama import fastjson
 from vllama.config import EngineConfig, Settings
-from vllama.names import strip_latest
+from vllama.names import library_target, strip_latest
 from vllama.upstream import capabilities, discovery
 from vllama.upstream.aliases import Aliases
 from vllama.upstream.balancer import EngineLoad, make_balancer
@@ -51,6 +51,7 @@ from vllama.upstream.errors import (
     safe_engine_message,
 )
 from vllama.upstream.load import fetch_load
+from vllama.upstream.loader import EngineLoader, LoadState
 from vllama.upstream.sse import SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ class EnginePool:
         self._loop_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._last_refresh = 0.0
+        # On-demand engines (set by `vllama serve`): engines it adds come and go; the
+        # configured ones are fixed.
+        self.loader: EngineLoader | None = None
         self._rebuild()
 
     def _engine(self, cfg: EngineConfig) -> Engine:
@@ -230,6 +234,82 @@ class EnginePool:
         """Every model any engine was seen to serve, healthy or not."""
         return list(self._served.values())
 
+    async def add_engine(self, config: EngineConfig) -> None:
+        """Route to one more engine (an on-demand one, now healthy): discovered at once."""
+        engine = self._engine(config)
+        self._engines = [e for e in self._engines if e.url != config.url] + [engine]
+        self._by_url[engine.url] = engine
+        if self._metrics is not None:
+            self._metrics.set_breaker_state(engine.url, int(BreakerState.CLOSED))
+        await self._check(engine, rediscover=True)
+
+    def remove_engine(self, url: str) -> None:
+        """Stop routing to an engine (it is being stopped or put to sleep)."""
+        self._engines = [e for e in self._engines if e.url != url]
+        if self._by_url.pop(url, None) is not None:
+            if self._metrics is not None:
+                self._metrics.set_engine_up(url, False)
+            self._rebuild()
+
+    async def acquire(self, name: str, keep_alive: float | None = None) -> ServedModel:
+        """The served model for `name`; a pulled model without an engine gets one first
+        (the caller waits for it: that wait is Ollama's load_duration). `keep_alive` is
+        the request's (seconds; None: the default), for engines the loader manages."""
+        try:
+            model = self.resolve(name)
+        except (ModelNotFound, NoHealthyEngine):
+            if self.loader is None:
+                raise
+            model_id = await self.loader.find(self.aliases.resolve(name))
+            if model_id is None:
+                raise
+            await self.loader.load(model_id)
+            model = self.resolve(model_id)
+        if self.loader is not None:
+            self.loader.touch(model.id, keep_alive)
+        return model
+
+    async def unload(self, name: str) -> bool:
+        """Unload the on-demand model `name` now (keep_alive 0). True when the loader knows
+        the model (loaded or not); False for a name it does not manage."""
+        if self.loader is None:
+            return False
+        model_id = await self.loader.find(self.aliases.resolve(name))
+        if model_id is None:
+            return False
+        await self.loader.unload(model_id)
+        return True
+
+    def load_state(self, model: ServedModel) -> LoadState | None:
+        """An on-demand model's expiry and memory (None for fixed engines)."""
+        if self.loader is None:
+            return None
+        for url in model.engine_urls:
+            state = self.loader.state(url)
+            if state is not None:
+                return state
+        return None
+
+    async def offline_models(self) -> list[ServedModel]:
+        """Pulled models without an engine now, which a request would load."""
+        if self.loader is None:
+            return []
+        served = set(self._served)
+        return [c for c in await self.loader.offline_cards() if c.id not in served]
+
+    async def describe(self, name: str) -> ServedModel:
+        """The model `name` names, served or only pulled (for /api/show, /api/copy)."""
+        try:
+            return self.resolve(name)
+        except (ModelNotFound, NoHealthyEngine):
+            if self.loader is None:
+                raise
+            model_id = await self.loader.find(self.aliases.resolve(name))
+            for card in await self.loader.offline_cards() if model_id else ():
+                if card.id == model_id:
+                    return card
+            raise
+
     def possibly_served(self) -> tuple[set[str], list[str]]:
         """What any configured engine may be serving, reachable or not: model ids, aliases
         of them, and what the engines load (discovered roots, configured sources); and the
@@ -256,7 +336,8 @@ class EnginePool:
 
     def resolve(self, name: str) -> ServedModel:
         target = self.aliases.resolve(name)
-        for candidate in (target, strip_latest(target)):
+        # A configured or copied alias, the name as served, then Ollama's library name.
+        for candidate in (target, strip_latest(target), library_target(name)):
             if candidate in self._served:
                 return self._served[candidate]
         self.request_refresh()
@@ -438,6 +519,19 @@ class EnginePool:
         engine.breaker.acquire()
         return engine
 
+    def _reachable(self, model: ServedModel) -> bool:
+        return any(url in self._by_url for url in model.engine_urls)
+
+    def _take(self, engine: Engine) -> None:
+        engine.outstanding += 1
+        if engine.outstanding == 1 and self.loader is not None:
+            self.loader.busy(engine.url)
+
+    def _give(self, engine: Engine) -> None:
+        engine.outstanding -= 1
+        if engine.outstanding == 0 and self.loader is not None:
+            self.loader.idle(engine.url)
+
     def _retry_after(self) -> int:
         """Seconds until an open breaker lets a trial through (what a client should wait)."""
         return max(1, math.ceil(self._settings.breaker_reset_s))
@@ -478,6 +572,10 @@ class EnginePool:
         headers: Mapping[str, str] | None,
         affinity: bytes | None = None,
     ) -> AsyncIterator[tuple[_Call, aiohttp.ClientResponse]]:
+        if model is not None and self.loader is not None and not self._reachable(model):
+            # Its on-demand engine was unloaded since the model was resolved: load again.
+            await self.loader.load(model.id)
+            model = self.resolve(model.id)
         name = model.id if model is not None else "*"
         urls = model.engine_urls if model is not None else tuple(self._by_url)
         tried: set[str] = set()
@@ -489,11 +587,11 @@ class EnginePool:
                 if last is None:
                     raise
                 break
-            engine.outstanding += 1
+            self._take(engine)
             try:
                 resp = await self._send(engine, method, path, data, headers or {})
             except (*_CONNECT_FAILED, *_DROPPED) as exc:  # nothing came back: try again
-                engine.outstanding -= 1
+                self._give(engine)
                 kind = "timeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "connect"
                 self._failed(engine, kind, repr(exc))
                 if self._metrics is not None and _attempt < self._settings.retries:
@@ -502,7 +600,7 @@ class EnginePool:
                 last = exc
                 continue
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                engine.outstanding -= 1
+                self._give(engine)
                 timeout = isinstance(exc, asyncio.TimeoutError)
                 kind = "timeout" if timeout else "protocol"
                 self._failed(engine, kind, repr(exc))
@@ -510,7 +608,7 @@ class EnginePool:
                     _NO_ANSWER, kind=kind, status=504 if timeout else 502
                 ) from exc
             except BaseException:
-                engine.outstanding -= 1
+                self._give(engine)
                 raise
             call = _Call(self, engine)
             try:
@@ -520,7 +618,7 @@ class EnginePool:
                     self._metrics.upstream_error(engine.url, "http_4xx")
                 yield call, resp
             finally:
-                engine.outstanding -= 1
+                self._give(engine)
                 if not call.failed:
                     engine.breaker.record_success()
                 if resp.content.is_eof():

@@ -115,8 +115,8 @@ def test_ps_and_show_print_what_the_facade_says(
     settings = settings_for(tmp_path, facade)
     models_cmd.run_ps(opts(), settings, {})
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["NAME", "SIZE", "CONTEXT", "UNTIL"]
-    assert row.split() == ["vllama-demo:latest", "2.5", "MB", "512", "3000-01-01T00:00:00Z"]
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]  # ollama ps
+    assert row.split() == ["vllama-demo:latest", "2.5", "MB", "100%", "CPU", "512", "Forever"]
     models_cmd.run_show(opts(name="demo"), settings, {})
     out = capsys.readouterr().out
     for line in ("model: demo", "architecture: llama", "context length: 512", "temperature 0.7"):

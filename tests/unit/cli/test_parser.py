@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vllama.cli.main import build_parser, main
+from vllama.cli.main import build_parser, main, parse
 from vllama.cli.serve import engine_args, prepare
 
 
@@ -89,6 +89,21 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage: vllama" in capsys.readouterr().err
 
 
+def test_run_takes_prompt_words_before_and_after_its_options() -> None:
+    args = parse(["run", "org/m", "why", "--keepalive", "10m", "is the sky", "--port", "1", "blue"])
+    assert args.model == "org/m" and args.keepalive == "10m" and args.port == 1
+    assert args.prompt == ["why", "is the sky", "blue"]
+    assert parse(["run", "org/m"]).prompt == []
+
+
+def test_unknown_options_stay_usage_errors_after_a_prompt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(["run", "org/m", "hi", "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_double_dash_only_for_serve(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--", "--seed", "0"]) == 2
     assert "only `serve`" in capsys.readouterr().err
@@ -97,8 +112,11 @@ def test_double_dash_only_for_serve(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_with_nothing_to_serve_says_what_to_give(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Without on-demand engines (where vLLM is installed, `vllama serve` alone serves the
+    pulled models, as `ollama serve` does)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("VLLAMA_ON_DEMAND", "false")
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "--engine URL" in err and "--demo" in err

@@ -40,9 +40,20 @@ def test_bind_error_tells_a_free_port_from_a_taken_one() -> None:
 
 
 def test_nothing_to_serve_is_a_usage_error() -> None:
+    """Without on-demand engines (with them, `vllama serve` alone serves pulled models)."""
     with pytest.raises(CliError) as exc:
-        run(args(), Settings(), {})
+        run(args(), Settings(on_demand=False), {})
     assert exc.value.code == USAGE and "--engine URL" in str(exc.value)
+
+
+def test_worker_processes_serve_nothing_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine one worker started would be unknown to the others: workers > 1 with
+    nothing to front is refused, on-demand engines or not."""
+    monkeypatch.setattr("vllama.cli.serve._check_port_free", lambda host, port: None)
+    monkeypatch.setattr("vllama.cli.serve._serve_workers", lambda settings: pytest.fail("served"))
+    with pytest.raises(CliError) as exc:
+        run(args(), Settings(on_demand=True, workers=2, engine_python="python3"), {})
+    assert exc.value.code == USAGE and "nothing to serve" in str(exc.value)
 
 
 def test_a_taken_port_stops_serve_before_any_engine_starts(tmp_path: Path) -> None:

@@ -116,6 +116,34 @@ def test_images_use_the_one_cache_layout() -> None:
         assert cache.group(1) == hub.group(1) == f"{home.group(1)}/hub", block
 
 
+def test_memory_budget_placement_and_sleep_mode_reach_the_engine() -> None:
+    """What the lifecycle scheduler asks for: the GPUs it placed the engine on, vLLM's
+    sleep mode with the dev-mode switch its /sleep and /wake_up need (vLLM 0.32), and on
+    the CPU build a KV cache sized by --kv-cache-memory-bytes (which
+    VLLM_CPU_KVCACHE_SPACE would override, so it is not set then)."""
+    gpu = engine_spec(
+        ModelLaunch(model="org/m"),
+        _settings(),
+        9100,
+        cpu_build=False,
+        environ={},
+        devices=[2, 3],
+        sleep_mode=True,
+    )
+    assert gpu.env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert gpu.env["VLLM_SERVER_DEV_MODE"] == "1" and "--enable-sleep-mode" in gpu.command
+    plain = engine_spec(ModelLaunch(model="org/m"), _settings(), 9101, cpu_build=False, environ={})
+    assert "CUDA_VISIBLE_DEVICES" not in plain.env and "VLLM_SERVER_DEV_MODE" not in plain.env
+    sized = engine_spec(
+        ModelLaunch(model="org/m", engine_args=["--kv-cache-memory-bytes", "16777216"]),
+        _settings(),
+        9102,
+        cpu_build=True,
+        environ={},
+    )
+    assert "VLLM_CPU_KVCACHE_SPACE" not in sized.env
+
+
 def test_engines_report_per_request_timings_unless_stats_are_off() -> None:
     # /api stream:false is answered whole by engines whose answers carry their timings.
     from vllama.config import Settings

@@ -115,3 +115,43 @@ def test_sigkill_after_grace_leaves_nothing_behind(tmp_path: Path) -> None:
     took = time.monotonic() - started
     assert 1.0 <= took < 10
     assert not group_alive(pgid)  # leader and grandchild, both ignoring SIGTERM, are gone
+
+
+def _running_with(arg: str) -> int:
+    """Live processes whose command line has `arg`."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            count += arg.encode() in argv
+    return count
+
+
+def test_engines_added_and_removed_while_running(tmp_path: Path) -> None:
+    """On-demand engines: `add` starts one (the watcher with it), `remove` stops its whole
+    group for good (no restart), `memory` measures the group's resident memory."""
+    sup = Supervisor([], log_dir=tmp_path / "logs", poll_s=0.05, backoff_initial_s=0.1)
+    try:
+        first, second = spec(free_port()), spec(free_port())
+        sup.add(first)
+        sup.add(second)
+        wait_for(lambda: sup.status(first.url)[0] and sup.status(second.url)[0], "both ready", 20)
+        assert len(sup.pgids()) == 2
+        assert _running_with(str(first.port)) == 1  # started once: no orphaned twin
+        memory = sup.memory(first.url)
+        assert memory is not None and memory > 1_000_000  # a Python process: megabytes
+        [pgid] = [p for p in sup.pgids() if sup._child(first.url).proc.pid == p]  # type: ignore[union-attr]
+        sup.remove(first.url)
+        assert not group_alive(pgid)
+        time.sleep(0.5)  # the watcher would have restarted a crashed engine by now
+        assert not group_alive(pgid) and len(sup.pgids()) == 1
+        assert sup.memory(first.url) is None
+        with pytest.raises(KeyError):
+            sup.status(first.url)
+        assert sup.status(second.url) == (True, None)
+    finally:
+        sup.stop()
+    assert sup.pgids() == [] or not any(group_alive(p) for p in sup.pgids())

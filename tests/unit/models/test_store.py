@@ -182,3 +182,15 @@ def test_a_demo_of_an_older_recipe_is_on_disk_too(tmp_path: Path) -> None:
     store = ModelStore(Settings.model_validate({"cache_dir": tmp_path}))
     assert [m.name for m in store.list()] == ["vllama-demo"]  # listed, so `rm` can free it
     assert not demo_model.is_built(demo)  # while `serve --demo` rebuilds it
+
+
+def test_names_people_type_resolve_to_repos(tmp_path: Path) -> None:
+    """`vllama pull qwen2.5:0.5b`: Ollama's library name, a configured alias winning over
+    it, and a repo id as is."""
+    store = ModelStore(Settings(cache_dir=tmp_path, aliases={"mine": "org/mine"}))
+    assert store.resolve("qwen2.5:0.5b") == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert store.resolve("all-minilm:latest") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert store.resolve("mine:latest") == "org/mine"
+    assert store.resolve("Org/Model") == "Org/Model"
+    custom = ModelStore(Settings(cache_dir=tmp_path, aliases={"qwen2.5:0.5b": "me/tuned"}))
+    assert custom.resolve("qwen2.5:0.5b") == "me/tuned"

@@ -118,6 +118,29 @@ def test_a_traceback_in_text_cannot_pass_for_a_record() -> None:
     assert all(line.startswith("  | ") for line in rest)
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_text_on_a_terminal_and_json_otherwise() -> None:
+    """`vllama serve` on a terminal: readable lines, each clearing the spinner's line
+    first; anything else (systemd, compose, a pipe) gets JSON lines."""
+    term = _Terminal()
+    configure_logging(Settings(log_format="auto"), stream=term)
+    logging.getLogger("vllama.test").info("model %s ready", "org/a")
+    line = term.getvalue()
+    assert line.startswith("\r\x1b[K") and "INFO vllama.test: model org/a ready" in line
+    pipe = io.StringIO()
+    configure_logging(Settings(log_format="auto"), stream=pipe)
+    logging.getLogger("vllama.test").info("model %s ready", "org/a")
+    assert json.loads(pipe.getvalue())["message"] == "model org/a ready"
+    forced = _Terminal()
+    configure_logging(Settings(log_format="json"), stream=forced)  # always selectable
+    logging.getLogger("vllama.test").info("x")
+    assert json.loads(forced.getvalue().removeprefix("\r\x1b[K"))["message"] == "x"
+
+
 def test_the_access_line_short_path_writes_what_python_json_logger_writes() -> None:
     # The JSON formatter builds the access line itself (known fields); the generic path of
     # python-json-logger must read back the same, odd characters and all.

@@ -30,6 +30,10 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "vllama_engine_up": ("gauge", {"engine"}),
     "vllama_engine_breaker_state": ("gauge", {"engine"}),
     "vllama_engine_restarts": ("counter", {"engine"}),
+    "vllama_model_loads": ("counter", {"model", "how"}),
+    "vllama_model_load_duration_seconds": ("histogram", {"model"}),
+    "vllama_model_unloads": ("counter", {"model", "reason"}),
+    "vllama_models_loaded": ("gauge", set()),
     "vllama_auth_failures": ("counter", {"api"}),
     "vllama_build_info": ("gauge", {"version"}),
     "vllama_gpus": ("gauge", set()),  # here no GPU: the per-GPU gauges are in test_gpu.py
@@ -59,6 +63,9 @@ def exercised() -> Metrics:
     m.set_engine_up(ENGINE, True)
     m.set_breaker_state(ENGINE, 2)
     m.engine_restarted(ENGINE)
+    m.model_loaded("vllama-test/vllama-demo", "start", 61.5)
+    m.model_unloaded("vllama-test/vllama-demo", "keep_alive")
+    m.set_models_loaded(1)
     m.auth_failure("openai")
     return m
 

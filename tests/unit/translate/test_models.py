@@ -123,3 +123,11 @@ def test_quantization_falls_back_to_the_stored_weights_dtype() -> None:
     assert tags_entry(Card(), files, "e")["details"]["quantization_level"] == "F32"
     quantized = ModelFiles(config={"quantization_config": {"quant_method": "awq"}})
     assert tags_entry(Card(), quantized, "q")["details"]["quantization_level"] == "AWQ"
+
+
+def test_ps_entry_of_an_on_demand_engine() -> None:
+    entry = ps_entry(
+        Card(), LLAMA, "org/a", expires_unix=1_800_000_000.0, size=2_600_000_000, size_vram=0
+    )
+    assert entry["expires_at"] == "2027-01-15T08:00:00.000000+00:00"
+    assert entry["size"] == 2_600_000_000 and entry["size_vram"] == 0

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from vllama import fastjson
 from vllama.server.deps import (
+    acquire_model,
     get_metrics,
     get_pool,
     get_settings,
@@ -26,7 +27,6 @@ from vllama.server.deps import (
     raw_json_body,
     record_usage,
     request_json,
-    resolve_model,
     set_priority,
     upstream_headers,
 )
@@ -133,7 +133,7 @@ async def forward(request: Request, *, route: str) -> Response:
     pool = get_pool(request)
     metrics = get_metrics(request)
     try:
-        model = resolve_model(request, name)
+        model = await acquire_model(request, name)
     except UpstreamError as exc:
         return upstream_error_response(path, exc)
     sent_priority = "priority" in body

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from vllama.server.deps import (
+    acquire_model,
     get_metrics,
     get_pool,
     is_large,
     record_usage,
-    resolve_model,
     set_priority,
     upstream_headers,
 )
@@ -41,7 +41,7 @@ from vllama.server.streaming import ProxyStream
 from vllama.translate import Timings
 from vllama.translate import requests as to_openai
 from vllama.translate import responses as to_ollama
-from vllama.translate.fields import model_name
+from vllama.translate.fields import keep_alive_seconds, model_name
 from vllama.upstream.balancer import affinity_key
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class _Clock:
         self.first: int | None = None
         self.last: int | None = None
         self.own_ns = 0
+        self.loading_ns = 0  # waiting for an on-demand engine: load time, not the façade's
 
     def timings(self) -> Timings:
         end = time.perf_counter_ns()
@@ -75,13 +76,18 @@ async def generation(request: Request, *, kind: str) -> Response:
     try:
         body = await read_body(request)
         name = model_name(body)
-        card = resolve_model(request, name)
+        keep_alive = keep_alive_seconds(body)
         is_load = (
             to_openai.chat_is_load(body) if kind == "chat" else to_openai.generate_is_load(body)
         )
-        if is_load:  # Ollama's load / unload: one JSON object, stream or not
-            unload = to_openai.is_unload(body)
-            return JSONResponse(to_ollama.load_response(kind, name, time.time(), unload=unload))
+        if is_load and keep_alive == 0:  # Ollama's unload (`ollama stop`): nothing is loaded
+            await unload_model(request, name)
+            return JSONResponse(to_ollama.load_response(kind, name, time.time(), unload=True))
+        waiting = time.perf_counter_ns()
+        card = await acquire_model(request, name, keep_alive)
+        clock.loading_ns = time.perf_counter_ns() - waiting
+        if is_load:  # Ollama's load: one JSON object, stream or not, once the model is there
+            return JSONResponse(to_ollama.load_response(kind, name, time.time(), unload=False))
         if "embedding" in card.capabilities and "completion" not in card.capabilities:
             raise Refused(400, f'"{name}" does not support {kind}: it is an embedding model')
         translate = to_openai.chat_request if kind == "chat" else to_openai.generate_request
@@ -138,7 +144,7 @@ async def generation(request: Request, *, kind: str) -> Response:
         # the streamed path measures them.
         whole = {**call.body, "stream": False}
         whole.pop("stream_options", None)
-        clock.own_ns += time.perf_counter_ns() - clock.start
+        clock.own_ns += time.perf_counter_ns() - clock.start - clock.loading_ns
         clock.sent = time.perf_counter_ns()
         try:
             answer, seconds = await pool.generate_whole(
@@ -171,7 +177,7 @@ async def generation(request: Request, *, kind: str) -> Response:
         large=large,
         affinity=affinity,
     )
-    clock.own_ns += time.perf_counter_ns() - clock.start
+    clock.own_ns += time.perf_counter_ns() - clock.start - clock.loading_ns
     clock.sent = time.perf_counter_ns()
     if not stream:
         # One answer: everything the engine streams, gathered here; a failure anywhere is
@@ -224,6 +230,16 @@ async def generation(request: Request, *, kind: str) -> Response:
         await stack.aclose()
 
     return ProxyStream(lines(), status_code=200, headers={"Content-Type": NDJSON}, on_close=close)
+
+
+async def unload_model(request: Request, name: str) -> None:
+    """keep_alive 0 on an empty request: unload it now. An unknown name is a 404 as for any
+    request; an engine vllama does not start stays (it answers `unload` all the same, as a
+    client such as Open WebUI sends this unasked)."""
+    pool = get_pool(request)
+    if not await pool.unload(name):
+        pool.resolve(name)  # raises ModelNotFound when nothing serves it either
+    request.state.model = name
 
 
 async def chat(request: Request) -> Response:

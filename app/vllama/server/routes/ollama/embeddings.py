@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from vllama.server.deps import (
+    acquire_model,
     get_pool,
     is_large,
     record_usage,
-    resolve_model,
     set_priority,
     upstream_headers,
 )
@@ -20,7 +20,7 @@ from vllama.server.routes.ollama.plumbing import Refused, error, read_body
 from vllama.translate import Timings
 from vllama.translate import requests as to_openai
 from vllama.translate import responses as to_ollama
-from vllama.translate.fields import model_name, opt_str
+from vllama.translate.fields import keep_alive_seconds, model_name, opt_str
 from vllama.upstream.pool import ServedModel
 
 
@@ -38,7 +38,7 @@ async def embed(request: Request) -> Response:
     try:
         body = await read_body(request)
         name = model_name(body)
-        card = resolve_model(request, name)
+        card = await acquire_model(request, name, keep_alive_seconds(body))
         _require_embedding(card, name)
         # Ollama answers an empty input without work.
         call = to_openai.embed_request(body) if to_openai.embed_inputs(body) else None
@@ -66,7 +66,7 @@ async def embeddings(request: Request) -> Response:
     try:
         body = await read_body(request)
         name = model_name(body)
-        card = resolve_model(request, name)
+        card = await acquire_model(request, name, keep_alive_seconds(body))
         _require_embedding(card, name)
         call = to_openai.embeddings_request(body)
         set_priority(request, call.body)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from vllama.models.info import ModelFiles, read_model_files
-from vllama.server.deps import get_pool, get_settings, resolve_model
+from vllama.server.deps import get_pool, get_settings
 from vllama.server.routes.ollama.plumbing import error, read_body
 from vllama.translate import models as model_cards
 from vllama.translate.fields import model_name
@@ -31,9 +31,11 @@ async def _facts(request: Request, card: ServedModel) -> ModelFiles:
 
 
 async def tags(request: Request) -> Response:
+    """Served models and, with on-demand engines, every pulled model (as Ollama lists
+    what is on disk: a client picks from this list, and naming one loads it)."""
     pool = get_pool(request)
     entries: list[dict[str, Any]] = []
-    for card in pool.models():
+    for card in [*pool.models(), *await pool.offline_models()]:
         facts = await _facts(request, card)
         names = [card.id, *pool.aliases.of(card.id)]  # the engine's id, then its aliases
         entries.extend(model_cards.tags_entry(card, facts, n) for n in names)
@@ -41,18 +43,35 @@ async def tags(request: Request) -> Response:
 
 
 async def ps(request: Request) -> Response:
+    """Loaded models: on-demand ones with their real expiry and memory."""
+    pool = get_pool(request)
     entries: list[dict[str, Any]] = []
-    for card in get_pool(request).models():
+    for card in pool.models():
         facts = await _facts(request, card)
-        entries.append(model_cards.ps_entry(card, facts, card.id))
+        state = pool.load_state(card)
+        if state is None:
+            entries.append(model_cards.ps_entry(card, facts, card.id))
+        else:
+            entries.append(
+                model_cards.ps_entry(
+                    card,
+                    facts,
+                    card.id,
+                    expires_unix=state.expires_at,
+                    size=state.size,
+                    size_vram=state.size_vram,
+                )
+            )
     return JSONResponse({"models": entries})
 
 
 async def show(request: Request) -> Response:
+    """A served or pulled model (without loading it: `ollama run` asks this first)."""
     try:
         body = await read_body(request)
         name = model_name(body, legacy_name=True)
-        card = resolve_model(request, name)
+        card = await get_pool(request).describe(name)
+        request.state.model = card.id
     except Exception as exc:
         return error(request, exc)
     facts = await _facts(request, card)

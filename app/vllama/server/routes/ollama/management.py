@@ -130,7 +130,7 @@ def _per_worker_aliases(request: Request) -> Refused | None:
 
 
 async def copy(request: Request) -> Response:
-    """A copy of a served model is an alias (in memory, until restart)."""
+    """A copy of a served or pulled model is an alias (in memory, until restart)."""
     refused = _per_worker_aliases(request)
     if refused is not None:
         return error(request, refused)
@@ -140,7 +140,7 @@ async def copy(request: Request) -> Response:
         destination = opt_str(body, "destination")
         if not source or not destination:
             raise TranslationError("source and destination are required", "source")
-        card = get_pool(request).resolve(source)
+        card = await get_pool(request).describe(source)  # served, or pulled (on-demand)
         get_pool(request).aliases.add(destination, card.id)
     except UpstreamError:
         return error(request, Refused(404, f'model "{source}" not found'))
@@ -169,8 +169,8 @@ async def delete(request: Request) -> Response:
             request,
             Refused(
                 409,
-                f"model '{name}' is being served by a running engine: stop that engine "
-                f"first, then remove the files with `vllama rm {name}`",
+                f"model '{name}' is being served by a running engine: unload it with "
+                f"`vllama stop {name}` (or stop the engine that serves it), then delete it",
             ),
         )
     store = _store(request)

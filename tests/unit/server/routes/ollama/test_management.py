@@ -91,7 +91,7 @@ async def test_delete_refuses_a_served_model_and_asks_the_store_for_others() -> 
         served = await c.request("DELETE", "/api/delete", json={"model": CHAT})
         on_disk = await c.request("DELETE", "/api/delete", json={"model": "org/on-disk"})
         unknown = await c.request("DELETE", "/api/delete", json={"model": "org/on-disk"})
-    assert served.status_code == 409 and f"vllama rm {CHAT}" in served.json()["error"]
+    assert served.status_code == 409 and f"vllama stop {CHAT}" in served.json()["error"]
     assert on_disk.status_code == 200
     assert {CHAT, "demo", "/models/vllama-demo"} <= app.state.model_store.serving
     assert (unknown.status_code, unknown.json()) == (
