@@ -18,7 +18,7 @@ from typing import Any, Literal
 from vllama.cli.client import facade_url, probe
 from vllama.cli.output import FAILED, OK, emit_json, human_size
 from vllama.cli.serve import bind_error
-from vllama.config import ConfigError, Settings
+from vllama.config import DEFAULT_PORT, ConfigError, Settings
 from vllama.engine.pins import MIN_DRIVER_MAJOR, VLLM_CUDA, VLLM_VERSION, driver_supported
 from vllama.engine.plan import HostLayout, PlanError, gpu_ranges, plan_host
 from vllama.observability.gpu import probe_gpus
@@ -56,7 +56,7 @@ class Facts:
     cache_dir: str = ""
     disk_free: int | None = None
     host: str = "127.0.0.1"
-    port: int = 11434
+    port: int = DEFAULT_PORT
     port_free: bool = True
     port_answer: str | None = None  # what answers on the port when it is taken
     engines: list[EngineFact] = field(default_factory=list)

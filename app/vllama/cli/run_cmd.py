@@ -23,6 +23,7 @@ from vllama.cli.output import FAILED, OK, CliError
 from vllama.cli.progress import PullProgress, Spinner
 from vllama.cli.repl import Options, Session, line_editing
 from vllama.config import Settings
+from vllama.names import strip_latest, tagged
 
 LOAD_TIMEOUT_S = 1800.0  # a first engine start on a slow machine, plus a download
 HISTORY = Path.home() / ".vllama" / "history"  # as Ollama keeps ~/.ollama/history
@@ -222,7 +223,7 @@ def run_stop(args: argparse.Namespace, settings: Settings, sources: dict[str, st
         raise
     running = request_json(f"{base}/api/ps").get("models", [])
     names = {str(m.get(k)) for m in running for k in ("name", "model")}
-    wanted = {args.model, f"{args.model}:latest", args.model.removesuffix(":latest")}
+    wanted = {args.model, tagged(args.model), strip_latest(args.model)}
     if names & wanted:
         raise CliError(
             f"model '{args.model}' is served by an engine vllama does not start or stop "
