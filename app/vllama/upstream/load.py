@@ -11,6 +11,7 @@ usage is the fullest one's.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -70,3 +71,24 @@ async def fetch_load(
     except (aiohttp.ClientError, TimeoutError):
         return None
     return parse_load(text)
+
+
+# How fast a peak of load is forgotten (seconds, e-folding). An engine's running count is
+# noisy between polls: requests that started together end in one step and the next ones
+# are still in vLLM's API server (tokenising, queued behind a busy CPU), so one poll can
+# read 0 from an engine that is busy a moment before and after. Peak-EWMA (as Finagle's
+# and Linkerd's balancers use for latency): a higher sample counts at once, a lower one
+# only as the old peak decays.
+PEAK_DECAY_S = 2.0
+
+
+def smoothed(new: LoadSample, old: LoadSample | None, seconds_since: float) -> LoadSample:
+    """`new`, or the decayed `old` peak where that is higher (figure by figure)."""
+    if old is None:
+        return new
+    keep = math.exp(-max(seconds_since, 0.0) / PEAK_DECAY_S)
+    return LoadSample(
+        max(new.running, old.running * keep),
+        max(new.waiting, old.waiting * keep),
+        max(new.kv_usage, old.kv_usage * keep),
+    )

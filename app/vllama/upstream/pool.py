@@ -50,7 +50,7 @@ from vllama.upstream.errors import (
     UpstreamError,
     safe_engine_message,
 )
-from vllama.upstream.load import fetch_load
+from vllama.upstream.load import LoadSample, fetch_load, smoothed
 from vllama.upstream.loader import EngineLoader, LoadState
 from vllama.upstream.sse import SSEDecoder
 
@@ -451,9 +451,12 @@ class EnginePool:
         sample = await fetch_load(self.session, engine.url, self._auth(engine), timeout)
         if sample is None:
             return  # the last figures age out (balancer.STALE_AFTER_S)
-        engine.load = EngineLoad(
-            sample.running, sample.waiting, sample.kv_usage, time.monotonic(), outstanding
-        )
+        now = time.monotonic()
+        last = engine.load
+        if last is not None:
+            previous = LoadSample(last.running, last.waiting, last.kv_usage)
+            sample = smoothed(sample, previous, now - last.at)
+        engine.load = EngineLoad(sample.running, sample.waiting, sample.kv_usage, now, outstanding)
 
     async def _discover(self, engine: Engine) -> None:
         timeout = max(self._settings.connect_timeout_s, 5.0)

@@ -4,9 +4,10 @@ nothing about load."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from vllama.upstream.load import parse_load
+from vllama.upstream.load import PEAK_DECAY_S, LoadSample, parse_load, smoothed
 
 RECORDED = Path(__file__).parent / "data" / "vllm-0.32-metrics-under-load.txt"
 
@@ -42,3 +43,13 @@ def test_data_parallel_engines_add_up_and_the_fullest_cache_counts() -> None:
 def test_no_load_series_is_none() -> None:
     assert parse_load("# nothing\nprocess_cpu_seconds_total 1.0\n") is None
     assert parse_load("") is None
+
+
+def test_a_dip_between_polls_keeps_the_decayed_peak() -> None:
+    busy, idle = LoadSample(10, 2, 0.5), LoadSample(0, 0, 0.0)
+    assert smoothed(busy, None, 0) == busy  # the first poll counts as read
+    half = smoothed(idle, busy, 0.5 * PEAK_DECAY_S)  # one poll read 0 from a busy engine
+    assert math.isclose(half.running, 10 * math.exp(-0.5)) and half.running > 6
+    assert math.isclose(half.waiting, 2 * math.exp(-0.5))
+    assert smoothed(idle, busy, 10 * PEAK_DECAY_S).running < 0.001  # idle for long: idle
+    assert smoothed(busy, idle, 0.1) == busy  # a rise counts at once
