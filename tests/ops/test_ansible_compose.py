@@ -209,17 +209,17 @@ def test_the_stack_ships_what_it_mounts_and_a_complete_env(
 
 @pytest.mark.timeout(600)
 def test_ollama_chat_through_the_stacks_proxy(compose_deployed: ComposeDeployment) -> None:
-    client = compose_deployed.client(
+    with compose_deployed.client(
         compose_deployed.host.ports[STACK_HTTPS], compose_deployed.stack_ca()
-    )
-    reply = client.chat(
-        model="vllama-demo",
-        messages=[{"role": "user", "content": "hello"}],
-        options={"num_predict": 8, "temperature": 0},
-    )
+    ) as client:
+        reply = client.chat(
+            model="vllama-demo",
+            messages=[{"role": "user", "content": "hello"}],
+            options={"num_predict": 8, "temperature": 0},
+        )
+        names = {m.model for m in client.list().models}
     assert reply.done and reply.message.role == "assistant"
     assert reply.eval_count and 0 < reply.eval_count <= 8
-    names = {m.model for m in client.list().models}
     assert {"vllama-demo:latest", "all-minilm:latest"} <= names, names
 
 
@@ -227,14 +227,14 @@ def test_ollama_chat_through_the_stacks_proxy(compose_deployed: ComposeDeploymen
 def test_the_gateway_finds_the_published_facade(compose_deployed: ComposeDeployment) -> None:
     """The gateway's proxy (vllama_proxy, native) sends to vllama_address:vllama_port: the
     port compose published the façade on."""
-    client = compose_deployed.client(
+    with compose_deployed.client(
         compose_deployed.host.ports[443], compose_deployed.gateway_ca()
-    )
-    reply = client.chat(
-        model="vllama-demo",
-        messages=[{"role": "user", "content": "hi"}],
-        options={"num_predict": 4, "temperature": 0},
-    )
+    ) as client:
+        reply = client.chat(
+            model="vllama-demo",
+            messages=[{"role": "user", "content": "hi"}],
+            options={"num_predict": 4, "temperature": 0},
+        )
     assert reply.done and reply.eval_count
 
 
