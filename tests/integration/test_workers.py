@@ -163,7 +163,7 @@ def test_metrics_add_up_across_workers_and_survive_a_dead_worker(
 def test_key_concurrency_holds_across_workers(chat_engine: Engine, tmp_path: Path) -> None:
     keys = [{"key": "sk-batch-0123456789", "name": "batch", "max_concurrency": 2}]
     env = workers_env(tmp_path, VLLAMA_API_KEYS=json.dumps(keys))
-    body = {**CHAT, "stream": True, "options": {"num_predict": 480}}
+    body = {**CHAT, "stream": True, "options": {"num_predict": 300}}
     headers = {"Authorization": "Bearer sk-batch-0123456789", "Connection": "close"}
     with run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve:
         wait_for_workers(serve)
