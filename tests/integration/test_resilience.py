@@ -132,16 +132,16 @@ def assert_aborted(engine: Engine, before: dict[str, float]) -> None:
 
 @pytest.mark.slow
 def test_client_hangup_aborts_the_engine_request(own_chat_engine: Engine) -> None:
-    # A generation that would take seconds (n=4 x 480 tokens, ignore_eos); the hang-up
+    # A generation that would take seconds (n=16 x 1900 tokens, ignore_eos); the hang-up
     # comes after three lines. (/api streams cannot ask for that much work from the tiny
     # model, so their early exit is covered by tests/unit/upstream/test_pool.py.)
     path = "/v1/chat/completions"
     body: dict[str, Any] = {
         "model": CHAT,
         "messages": MESSAGES,
-        "max_tokens": 480,
+        "max_tokens": 1900,
         "ignore_eos": True,
-        "n": 4,
+        "n": 16,  # 4 x 480 tokens ended before the hang-up on an idle engine
         "stream": True,
     }
     with run_facade(engines=[{"url": own_chat_engine.url}]) as url:
@@ -178,33 +178,48 @@ def test_client_gone_before_a_non_streamed_answer_aborts_the_engine_request(
         warm = {"model": CHAT, "messages": MESSAGES, "max_tokens": 1}
         warmed = httpx.post(f"{url}/v1/chat/completions", json=warm, timeout=60)
         assert warmed.status_code == 200, warmed.text
-        before = engine_gauges(own_chat_engine)
-        assert before["running"] == 0
         host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
-            )
-            # The prompt counted by the engine: the request is in (a counter cannot be
-            # missed between polls, as the running gauge can be on a fast generation).
-            try:
-                wait_for(
-                    lambda: (
-                        engine_gauges(own_chat_engine)["prompt_tokens"] > before["prompt_tokens"]
-                    ),
-                    "the engine at work",
-                    30,
+
+        def hang_up_once() -> str | None:
+            """None when the engine's work was aborted, else what went otherwise."""
+            wait_for(lambda: engine_gauges(own_chat_engine)["running"] == 0, "engine idle", 30)
+            before = engine_gauges(own_chat_engine)
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(raw), raw)
                 )
-            except TimeoutError:
-                sock.settimeout(1)
-                said = sock.recv(300)
-                raise AssertionError(
-                    f"never reached the engine; the façade said {said!r}"
-                ) from None
-        assert_aborted(own_chat_engine, before)
+                # The prompt counted by the engine: the request is in (a counter cannot be
+                # missed between polls, as the running gauge can be on a fast generation).
+                try:
+                    wait_for(
+                        lambda: (
+                            engine_gauges(own_chat_engine)["prompt_tokens"]
+                            > before["prompt_tokens"]
+                        ),
+                        "the engine at work",
+                        30,
+                    )
+                except TimeoutError:
+                    sock.settimeout(1)
+                    return f"never reached the engine; the façade said {sock.recv(300)!r}"
+            wait_for(lambda: engine_gauges(own_chat_engine)["running"] == 0, "work gone", 30)
+            after = engine_gauges(own_chat_engine)
+            if after.get("length", 0) != before.get("length", 0):
+                return f"the engine generated to the end: {before} -> {after}"
+            return None
+
+        # Twice at most: on a machine as busy as CI's the prompt counter can show late; a
+        # façade that does not abort lets the engine finish every time.
+        problem = hang_up_once()
+        if problem is not None:
+            problem = hang_up_once()
+        assert problem is None, problem
         log = httpx.get(f"{url}/metrics", timeout=10).text
-        assert metric(log, "vllama_requests_total", route="/v1/chat/completions", status="499") == 1
+        assert (
+            metric(log, "vllama_requests_total", route="/v1/chat/completions", status="499") or 0
+        ) >= 1
 
 
 def test_client_gone_before_an_ollama_answer_closes_the_upstream_request() -> None:
