@@ -187,7 +187,7 @@ def _health_ok(proxy: Proxy, ca: TestCA) -> bool:
 
 
 @contextlib.contextmanager
-def stats_engine() -> Iterator[Engine]:
+def stats_engine(*extra_args: str) -> Iterator[Engine]:
     """A chat engine of our own, so its vllm:* counters see only this suite's requests.
 
     While iterating, point VLLAMA_TEST_STATS_ENGINE at one nobody else uses.
@@ -196,7 +196,7 @@ def stats_engine() -> Iterator[Engine]:
     if url:
         yield Engine("chat", url.rstrip("/"), CHAT_MODEL)
         return
-    engine = start_engine("chat")
+    engine = start_engine("chat", extra_args=list(extra_args))
     try:
         yield engine
     finally:
