@@ -106,6 +106,7 @@ class ScriptedEngine:
         self.last_request: dict[str, object] | None = None  # the last body it was sent
         self.last_raw: bytes | None = None  # and its bytes, as they came
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
         self.url = ""
 
     async def start(self) -> None:
@@ -114,15 +115,24 @@ class ScriptedEngine:
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
-        for task in list(self.counts.open_hangs):
-            task.cancel()
         if self._server is not None:
             self._server.close()
+        # Every connection still open (keep-alive, hung, stalled) ends here, so no task is
+        # left pending and no socket unclosed when the loop goes.
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.counts.connections += 1
+        this = asyncio.current_task()
+        assert this is not None
+        self._connections.add(this)  # type: ignore[arg-type]
         served = 0
         try:
             while True:
@@ -167,7 +177,9 @@ class ScriptedEngine:
                             % (len(first), first)
                         )
                         await writer.drain()
-                        await asyncio.Event().wait()
+                        await reader.read()  # silent until the client closes the connection
+                        self.counts.abandoned += 1
+                        return
                     elif self.script.hang:
                         self.counts.hung += 1
                         task = asyncio.current_task()
@@ -187,6 +199,7 @@ class ScriptedEngine:
             pass
         finally:
             writer.close()
+            self._connections.discard(this)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

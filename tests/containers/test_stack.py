@@ -312,18 +312,45 @@ def test_a_body_between_the_old_and_new_limit_passes_proxy_and_facade(stack: Sta
 # --- step 5: the engine dies during a stream ----------------------------------------------
 
 
-def _kill_engine_server(engine: Container) -> None:
-    """SIGKILL vLLM's API server inside the container, as a crash would: tini exits with it,
-    the container stops on its own (not by `docker stop`), and the restart policy applies."""
-    script = (
-        "import os, signal\n"
-        "for pid in os.listdir('/proc'):\n"
-        "    if pid.isdigit():\n"
-        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
-        "        if b'vllm.entrypoints.openai.api_server' in cmd:\n"
-        "            os.kill(int(pid), signal.SIGKILL)\n"
-    )
-    engine.exec_run(["python3", "-c", script])
+# Run inside the engine's container: it SIGKILLs vLLM's API server once the engine has
+# generated a few tokens past the count it found at start, so the crash lands mid-stream
+# however fast the tiny model is (a `docker exec` sent after the first line read from the
+# outside took longer than the model's whole answer on an idle machine). It prints "ready"
+# once it has its starting count, then "timeout", or nothing more: the container stops with
+# the server it killed, and the exec's output ends with it.
+_KILL_MID_STREAM = """
+import os, re, signal, sys, time, urllib.request
+URL = "http://127.0.0.1:%s/metrics" % os.environ["VLLAMA_ENGINE_PORT"]
+def generated():
+    text = urllib.request.urlopen(URL, timeout=5).read().decode()
+    found = re.findall(r"^vllm:generation_tokens_total(?:\\{[^}]*\\})? (\\S+)$", text, re.M)
+    return sum(float(v) for v in found)
+start = generated()
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[1])
+while generated() < start + 8:
+    if time.monotonic() > deadline:
+        print("timeout", flush=True)
+        sys.exit(0)
+    time.sleep(0.005)
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        if b"vllm.entrypoints.openai.api_server" in cmd:
+            os.kill(int(pid), signal.SIGKILL)
+"""
+
+
+def _arm_engine_killer(engine: Container, within_s: float) -> subprocess.Popen[str]:
+    """Starts the watcher above in the engine's container (through the docker CLI: the SDK's
+    streamed exec leaves its socket open); returns once it has its starting count. What it
+    prints next is "timeout", or nothing: it killed the server."""
+    cmd = ["docker", "exec", engine.name, "python3", "-c", _KILL_MID_STREAM, str(within_s)]
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert watcher.stdout is not None
+    first = watcher.stdout.readline().strip()
+    assert first == "ready", (first, watcher.communicate(timeout=10))
+    return watcher
 
 
 def test_engine_crash_mid_stream_then_compose_restarts_it(stack: Stack) -> None:
@@ -349,23 +376,26 @@ def test_engine_crash_mid_stream_then_compose_restarts_it(stack: Stack) -> None:
         wait_for(lambda: c.get("/health/ready").status_code == 200,
                  "readiness 200 before the crash", 120, interval=1, errors=NOT_YET)  # fmt: skip
     last: dict[str, Any] = {}
+    within_s = 30
     for _attempt in range(3):
         engine.reload()
         restarts_before = engine.attrs["RestartCount"]
+        killer = _arm_engine_killer(engine, within_s)
         with stack.http(timeout=120) as c, c.stream("POST", "/api/chat", json=body) as r:
             assert r.status_code == 200, r.read()
-            lines = r.iter_lines()
-            first = json.loads(next(line for line in lines if line))
-            assert first["done"] is False
-            _kill_engine_server(engine)
-            rest = [json.loads(line) for line in lines if line]
-        last = rest[-1] if rest else first
+            lines = [json.loads(line) for line in r.iter_lines() if line]
+        outcome = killer.communicate(timeout=within_s + 30)[0].strip()
+        assert lines and lines[0]["done"] is False, lines[:1]
+        last = lines[-1]
         if "error" in last:
+            assert outcome != "timeout", "an error line, yet the engine was not killed"
             break
-        # The tiny model reached its end before the kill landed; the engine is dead all the
-        # same, so the next try has to wait for compose to bring it back.
-        wait_until_served_again(restarts_before)
+        # The answer ended (the model's end-of-text token) before 8 tokens, so the watcher
+        # timed out; or the kill landed after the end: then compose brings the engine back.
+        if outcome != "timeout":
+            wait_until_served_again(restarts_before)
     assert "error" in last and not last.get("done"), f"no error line after the crash: {last}"
+    assert not any(line.get("done") for line in lines), lines[-3:]
 
     with stack.http(timeout=10) as c:
         wait_for(lambda: c.get("/health/ready").status_code == 503,

@@ -28,6 +28,7 @@ from tests.integration.test_cli_serve import (
     sigterm_during_streams,
 )
 from tests.procs import wait_for
+from tests.scripted_engine import Script, scripted_engine_thread
 from tests.unit.cli.serve_proc import Serve, port_free, run_serve
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
@@ -160,16 +161,24 @@ def test_metrics_add_up_across_workers_and_survive_a_dead_worker(
     assert port_free(serve.port)
 
 
-def test_key_concurrency_holds_across_workers(chat_engine: Engine, tmp_path: Path) -> None:
+def test_key_concurrency_holds_across_workers(tmp_path: Path) -> None:
+    # The two admitted streams must still be running when the other six arrive: the real
+    # tiny model ends 300 tokens (or its end-of-text token) sooner than eight fresh
+    # connections reach two workers on a busy machine. The scripted engine's stalled stream
+    # (headers and one event, then silence until the façade hangs up) holds them for as
+    # long as the test needs. The slots come back once those clients hang up.
     keys = [{"key": "sk-batch-0123456789", "name": "batch", "max_concurrency": 2}]
     env = workers_env(tmp_path, VLLAMA_API_KEYS=json.dumps(keys))
-    body = {**CHAT, "stream": True, "options": {"num_predict": 300}}
+    body = {**CHAT, "stream": True}
     headers = {"Authorization": "Bearer sk-batch-0123456789", "Connection": "close"}
-    with run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve:
+    with (
+        scripted_engine_thread(Script(stall_stream=True)) as stalled,
+        run_serve(["--engine", stalled.url], tmp_path, env=env) as serve,
+    ):
         wait_for_workers(serve)
         statuses: list[int] = []
         lock = threading.Lock()
-        go = threading.Barrier(8)
+        go, answered = threading.Barrier(8), threading.Barrier(8, timeout=60)
 
         def one() -> None:
             go.wait()
@@ -178,7 +187,7 @@ def test_key_concurrency_holds_across_workers(chat_engine: Engine, tmp_path: Pat
             ) as resp:
                 with lock:
                     statuses.append(resp.status_code)
-                resp.read()
+                answered.wait()  # the admitted hold their slots until all eight have a status
 
         threads = [threading.Thread(target=one) for _ in range(8)]
         for t in threads:
@@ -188,6 +197,14 @@ def test_key_concurrency_holds_across_workers(chat_engine: Engine, tmp_path: Pat
         # Eight at once over fresh connections reach both workers; two run, the rest are
         # refused. Per worker, four would have run.
         assert sorted(statuses) == [200, 200] + [429] * 6, statuses
+
+        def admitted_again() -> bool:
+            with httpx.stream(
+                "POST", f"{serve.url}/api/chat", json=body, headers=headers, timeout=30
+            ) as resp:
+                return resp.status_code == 200
+
+        wait_for(admitted_again, "a slot given back after the streams' clients hung up", 30)
 
 
 def test_sigterm_says_draining_first_then_refuses(chat_engine: Engine, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ SECURITY_HEADERS = {
 }
 MODEL = "vllama-demo"
 LONG = 2000  # tokens: about the demo model's whole context (2048), a stream of seconds
+HANGUP_LONG = 16000  # tokens: a generation that outlasts any proxy's notice of a hang-up
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +65,13 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 @pytest.fixture(scope="module")
 def own_engine() -> Iterator[Engine]:
-    """A chat engine of this module's own (stream timings, token counts), with the demo
-    model's whole 2048-token context: on an idle machine 480 tokens ended before a hang-up."""
-    with stats_engine("--max-model-len", "2048") as engine:
+    """A chat engine of this module's own (stream timings, token counts), with a context of
+    HANGUP_LONG + 384 tokens: on an idle machine even 2000 tokens (the demo model's own
+    2048-position limit) ended before Nginx saw a hang-up. Its rotary embeddings extend to
+    any length; the random weights make no worse text past 2048."""
+    context = HANGUP_LONG + 384
+    overrides = json.dumps({"max_position_embeddings": context})
+    with stats_engine("--max-model-len", str(context), "--hf-overrides", overrides) as engine:
         yield engine
 
 
@@ -345,7 +350,7 @@ def test_client_hangup_cancels_the_generation(
     body = {
         "model": MODEL,
         "prompt": "a b c d e f g",
-        "options": {"num_predict": LONG, "temperature": 0},
+        "options": {"num_predict": HANGUP_LONG, "temperature": 0},
     }
     with (
         run_facade(engines=[{"url": own_engine.url}], log_format="text") as url,
@@ -353,15 +358,15 @@ def test_client_hangup_cancels_the_generation(
         proxy.client(test_ca, timeout=60) as client,
     ):
         # At temperature 0 the demo model never stops early (done_reason "length"), so an
-        # engine left running produces all LONG tokens. A hang-up through the proxy stops
+        # engine left running produces all HANGUP_LONG tokens. A hang-up through the proxy stops
         # it sooner; on a busy CPU the engine can race ahead of the stream, so the best of
         # three tries counts (a proxy that does not pass the hang-up on fails every one).
         generated = []
         for _ in range(3):
             generated.append(_generated_after_hangup(client, own_engine, body))
-            if generated[-1] < LONG:
+            if generated[-1] < HANGUP_LONG:
                 return
-        pytest.fail(f"the engine generated {generated} of {LONG} tokens after each hang-up")
+        pytest.fail(f"the engine generated {generated} of {HANGUP_LONG} tokens after each hang-up")
 
 
 def _generated_after_hangup(
@@ -377,7 +382,8 @@ def _generated_after_hangup(
         counts = engine_counts(engine)
         return counts if counts[0] == 0 else None  # vllm:num_requests_running back to 0
 
-    counts = wait_for(idle, "the engine's running requests back to 0 after the hang-up", 30)
+    # Long enough for an engine left running to finish, so the count says what it did.
+    counts = wait_for(idle, "the engine's running requests back to 0 after the hang-up", 120)
     generated = counts[1] - tokens_before
     assert generated > 0, "the engine generated nothing: was the request sent?"
     return generated
