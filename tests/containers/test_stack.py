@@ -14,6 +14,7 @@ Prometheus.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import math
 import os
@@ -94,6 +95,24 @@ def caddy_root_ca(container: Container, dest: Path) -> Path:
     return dest
 
 
+def _free_monitoring_subnet(client: docker.DockerClient) -> str:
+    """A /24 of its own for this run, outside Docker's default address pools (172.17-31/16,
+    192.168/20): a host that has made many networks rotates those pools into any fixed
+    172.30.x subnet ("Pool overlaps with other one on this address space"), as a CI run
+    here did. Nor does it overlap a network that exists now (a leftover stack)."""
+    used = [
+        ipaddress.ip_network(c["Subnet"], strict=False)
+        for n in client.networks.list(greedy=True)
+        for c in (n.attrs.get("IPAM") or {}).get("Config") or []
+        if c.get("Subnet")
+    ]
+    for k in range(250):
+        subnet = ipaddress.ip_network(f"10.213.{(os.getpid() + k) % 250}.0/24")
+        if not any(subnet.overlaps(u) for u in used if u.version == 4):
+            return str(subnet)
+    raise AssertionError(f"no free 10.213.x.0/24 among the networks: {used}")
+
+
 @pytest.fixture(scope="module")
 def stack(
     images: Images,
@@ -125,13 +144,17 @@ def stack(
         "PROMETHEUS_PORT": str(ports["prometheus"]),
         "ALERTMANAGER_PORT": str(ports["alertmanager"]),
         "GRAFANA_PORT": str(ports["grafana"]),
-        # A subnet of its own per run, so a leftover stack never collides with this one.
-        "VLLAMA_MONITORING_SUBNET": f"172.30.{os.getpid() % 200 + 20}.0/24",
+        "VLLAMA_MONITORING_SUBNET": _free_monitoring_subnet(docker_client),
         "VLLAMA_CPU_ENGINE_START_PERIOD": "600s",
     }
     env_file = tmp / "stack.env"
-    example = (REPO / "compose" / ".env.example").read_text()
-    env_file.write_text(example + "".join(f"{k}={v}\n" for k, v in env.items()))
+    # The example's own lines for what this run sets are left out: one value per key.
+    example = [
+        line
+        for line in (REPO / "compose" / ".env.example").read_text().splitlines(keepends=True)
+        if line.partition("=")[0].strip() not in env
+    ]
+    env_file.write_text("".join(example) + "".join(f"{k}={v}\n" for k, v in env.items()))
     s = Stack(project, env_file, f"https://localhost:{ports['https']}",
               f"http://127.0.0.1:{ports['prometheus']}", tmp / "caddy-root.crt", docker_client)  # fmt: skip
     try:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -339,16 +341,17 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine, tmp_path: Path)
                 ended[i] = True
                 return last, finished
 
-        def mid_stream() -> int:
-            return sum(f and not e for f, e in zip(flowing, ended, strict=True))
-
         futures = [started.submit(stream, i) for i in range(16)]
-        # The kill lands once 4 streams are mid-body at once, or all 16 flow. (Waiting for
-        # all 16 alone lost the race on an idle engine: the first ended before the last
-        # began. On this 2-core machine vLLM's CPU engine also takes busy streams on one or
-        # two at a time, so 16 at once is not something to wait for.)
-        wait_for(lambda: mid_stream() >= 4 or all(flowing), "4 streams mid-body", 120,
-                 interval=0.005)  # fmt: skip
+        # The engine is frozen (SIGSTOP to its process group) as soon as one stream flows,
+        # and killed once what it had already sent has arrived: the streams still open then
+        # can never be completed, so each must end with an error. (Timing the kill against
+        # the streams lost on this 2-core machine both ways: an idle engine ended them all
+        # before the last began, a busy one delivers a stream's tokens in bursts.)
+        wait_for(lambda: any(flowing), "a stream flowing", 120, interval=0.005)
+        assert own_chat_engine.process is not None
+        os.killpg(own_chat_engine.process.popen.pid, signal.SIGSTOP)
+        time.sleep(1.0)  # bytes already on their way through the façade arrive
+        cut = [i for i in range(16) if not ended[i]]
         own_chat_engine.kill()
         dead_at = time.monotonic()
         wait_for(lambda: httpx.get(f"{url}/health/ready").status_code == 503, "readiness 503", 2)
@@ -362,8 +365,8 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine, tmp_path: Path)
                 # an error event, or (a request the dying engine never took) an error answer
                 assert "error" in json.loads(last.removeprefix("data: ")), last
                 errors += 1
-        # Those mid-body at the kill were cut (one may have had its last bytes on the way).
-        assert errors >= 3, f"only {errors} of 16 streams were still running at the kill"
+        assert cut, "every stream had ended before the engine was frozen"
+        assert errors >= len(cut), f"{len(cut)} streams were open at the kill, {errors} errors"
         assert took <= 2
         assert own_chat_engine.proc is not None and own_chat_engine.proc.poll() is not None
         started.shutdown()
