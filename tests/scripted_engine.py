@@ -18,7 +18,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MODEL = "vllama-demo"
 
@@ -37,7 +37,6 @@ class Counts:
     dropped: int = 0
     hung: int = 0
     abandoned: int = 0  # hung requests whose client (the façade) closed the connection
-    open_hangs: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def _response(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -182,12 +181,8 @@ class ScriptedEngine:
                         return
                     elif self.script.hang:
                         self.counts.hung += 1
-                        task = asyncio.current_task()
-                        assert task is not None
-                        self.counts.open_hangs.add(task)  # type: ignore[arg-type]
                         await reader.read()  # until the client closes the connection
                         self.counts.abandoned += 1
-                        self.counts.open_hangs.discard(task)  # type: ignore[arg-type]
                         return
                     else:
                         self.counts.answered += 1

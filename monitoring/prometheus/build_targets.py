@@ -49,7 +49,8 @@ class Job:
     service: str  # the compose service (network alias) that serves it
     port: str  # a key of PORTS
     hosts: str  # Ansible: the Jinja list of hosts it runs on
-    port_expr: str  # Ansible: the Jinja expression of its port on host h
+    port_expr: str  # Ansible: the Jinja expression of its port on host h (engine e, if per_engine)
+    per_engine: bool = False  # Ansible: one target per engine the host runs (vllama_engines)
     host_label: bool = True  # Ansible: label each target with its inventory host
     labels: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # comment lines in both files
@@ -70,6 +71,7 @@ JOBS = (
         "engine",
         "groups[vllama_monitoring_gpu_group] | default([])",
         "e.port",
+        per_engine=True,
         notes=("One entry per engine: the same host:port the façade reports in its engine label.",),
     ),
     Job(
@@ -141,7 +143,7 @@ def ansible_template(job: Job) -> str:
     target = f'- targets: ["{{{{ addr(h) }}}}:{{{{ {job.port_expr} }}}}"]\n'
     body = head + _ADDR + "\n" + "{% set ns = namespace(n=0) %}\n"
     body += f"{{% set hosts = {job.hosts} %}}\n" + "{% for h in hosts %}\n"
-    if job.port_expr.startswith("e."):  # one target per engine the host runs
+    if job.per_engine:
         body += "{% for e in hostvars[h].vllama_engines | default([]) %}\n"
         body += "{% set ns.n = ns.n + 1 %}\n" + target
         body += _labels(job, {"model_unit": "{{ e.name }}"})

@@ -317,7 +317,7 @@ def test_engine_killed_under_16_streams(own_chat_engine: Engine, tmp_path: Path)
         "messages": MESSAGES,
         "max_tokens": 2000,
         "ignore_eos": True,
-        "n": 1,  # 16 sequences run at once (64 did not fit one CPU engine's KV cache)
+        "n": 1,  # 16 requests of one sequence each
         "stream": True,
     }
     # The façade runs as operators run it, in a process of its own: in this process its
