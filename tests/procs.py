@@ -2,12 +2,15 @@
 until ready (`wait_for`, the one poll-with-a-deadline of the test suites), stop by process
 group, and show the log's tail when something goes wrong.
 
+`await_for` is `wait_for` for code that runs in an event loop.
+
 `instant_upstream` (the stand-in engine of tests/perf/instant_upstream.py) and
 `vllama_serve` (the façade as operators run it) are started here for every suite.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -70,6 +73,19 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
         time.sleep(interval)
+
+
+async def await_for(
+    check: Callable[[], T], what: str, timeout: float, *, interval: float = 0.02
+) -> T:
+    """`wait_for` inside an event loop: polls without blocking it (the code under test
+    runs in the same loop)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s (last: {value!r})")
+        await asyncio.sleep(interval)
+    return value
 
 
 @dataclass

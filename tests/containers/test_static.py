@@ -120,6 +120,28 @@ def test_every_arg_is_commented_and_bases_are_pinned(dockerfile: Path) -> None:
             assert ":" in m.group(2) and not m.group(2).endswith(":latest"), line
 
 
+def _stage_env(dockerfile: Path) -> dict[str, dict[str, str]]:
+    """Each stage's ENV (its own instructions, not what it inherits), key by key."""
+    env: dict[str, dict[str, str]] = {}
+    stage = ""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if m := re.match(r"FROM \S+ AS (\S+)", line):
+            stage = m.group(1)
+        elif line.startswith("ENV "):
+            pairs = dict(p.split("=", 1) for p in line[4:].split())
+            env.setdefault(stage, {}).update(pairs)
+    return env
+
+
+def test_the_cuda_image_has_the_runtime_environment_of_the_others() -> None:
+    # The vllm target starts from vLLM's image, not runtime-base, so its ENV block is a
+    # copy (a Dockerfile has no include); this keeps the copy true.
+    env = _stage_env(REPO / "images" / "Dockerfile")
+    assert env["vllm"] == env["runtime-base"]
+    assert {"VLLAMA_PORT", "HF_HUB_CACHE", "PYTHONDONTWRITEBYTECODE"} <= env["vllm"].keys()
+
+
 @pytest.mark.parametrize("profiles", PROFILE_SETS, ids=lambda p: "+".join(p))
 @pytest.mark.parametrize(
     "files", [("compose.yaml",), ("compose.yaml", "nginx.yaml")], ids=["caddy", "nginx"]

@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pty
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -39,6 +37,8 @@ import pytest
 
 from tests.engines import free_port, http_ok
 from tests.hub import DEMO_B_REPO, DEMO_REPO, EMBED_REPO, Hub
+from tests.procs import wait_for
+from tests.terminal import Terminal
 from tests.unit.cli.serve_proc import Serve, run_serve
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -111,52 +111,6 @@ def facade(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Facad
 
 def _expires_in(model: dict[str, Any]) -> float:
     return datetime.fromisoformat(model["expires_at"]).timestamp() - time.time()
-
-
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-
-
-class Terminal:
-    """A command in a pseudo-terminal: what it prints, and typing into it."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.controller, terminal = pty.openpty()
-        self.proc = subprocess.Popen(
-            argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env, cwd=cwd
-        )
-        os.close(terminal)
-        self.output = ""
-
-    def read_until(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        start = len(self.output)
-        while text not in self.output[start:]:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{text!r} not printed; got:\n{self.output[-3000:]}"
-            ready, _, _ = select.select([self.controller], [], [], min(left, 1.0))
-            if ready:
-                try:
-                    chunk = os.read(self.controller, 65536)
-                except OSError:  # the program closed the terminal
-                    chunk = b""
-                if not chunk:
-                    assert text in self.output[start:], self.output[-3000:]
-                    break
-                self.output += chunk.decode(errors="replace")
-        return self.output[start:]
-
-    def type(self, line: str) -> None:
-        os.write(self.controller, line.encode() + b"\r")
-
-    def close(self) -> int:
-        try:
-            return self.proc.wait(60)
-        finally:
-            os.close(self.controller)
 
 
 @contextlib.contextmanager
@@ -240,7 +194,9 @@ def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
         options={"num_predict": 4},
     )
     assert answer.message.content and answer.load_duration > 5e9
-    _wait(lambda: facade.loaded() == [], 10, "B not unloaded at once after keep_alive 0")
+    wait_for(
+        lambda: facade.loaded() == [], "B unloaded at once after keep_alive 0", 10, interval=0.5
+    )
     log = facade.serve.text()
     assert f"unloading model {A} (least recently used) to make room for {B}" in log
     assert facade.metric("vllama_model_unloads_total", model=A, reason="evicted") == 1
@@ -267,18 +223,18 @@ def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
     expected = client.chat(
         model=A, messages=[{"role": "user", "content": "hello"}], keep_alive=KEEP, options=options
     ).message.content
-    term = Terminal(
+    with Terminal(
         facade.argv("run", A, "--keepalive", KEEP), {**facade.env, "TERM": "dumb"}, facade.tmp
-    )
-    term.read_until(">>> ", 120)
-    term.type("/set parameter temperature 0")
-    term.read_until("Set parameter 'temperature' to '0'", 30)
-    term.type("/set parameter num_predict 16")
-    term.read_until(">>> ", 30)
-    term.type("hello")
-    shown = term.read_until(">>> ", 120)
-    term.type("/bye")
-    assert term.close() == 0
+    ) as term:
+        term.read_until(">>> ", 120)
+        term.type("/set parameter temperature 0")
+        term.read_until("Set parameter 'temperature' to '0'", 30)
+        term.type("/set parameter num_predict 16")
+        term.read_until(">>> ", 30)
+        term.type("hello")
+        shown = term.read_until(">>> ", 120)
+        term.type("/bye")
+        assert term.close() == 0
     text = ANSI.sub("", shown)
     assert expected and expected.strip() in text, (expected, text)
     once = subprocess.run(  # a prompt argument plus piped stdin: one answer, no chat
@@ -319,7 +275,9 @@ def test_models_load_on_demand_swap_and_unload(facade: Facade) -> None:
     assert ps["name"] == f"{EMBED_REPO}:latest"
     assert 0 < _expires_in(ps) <= DEFAULT_KEEP_ALIVE_S
     idle_since = time.monotonic()
-    _wait(lambda: facade.loaded() == [], 60, "the embedding model did not unload after idling")
+    wait_for(
+        lambda: facade.loaded() == [], "the embedding model unloaded after idling", 60, interval=0.5
+    )
     assert time.monotonic() - idle_since >= DEFAULT_KEEP_ALIVE_S - 2
     assert facade.metric("vllama_model_loads_total", model=EMBED_REPO, how="start") == 1
 
@@ -356,14 +314,14 @@ def test_serve_logs_are_text_on_a_terminal_and_json_otherwise(tmp_path: Path) ->
         "TERM": "dumb",
     }
     env.pop("VLLAMA_LOG_FORMAT", None)
-    term = Terminal(
+    with Terminal(
         [sys.executable, "-m", "vllama.cli.main", "serve", "--port", str(port)], env, tmp_path
-    )
-    term.read_until("Uvicorn running on", 60)  # listening (startup completes just before)
-    _wait(lambda: http_ok(f"http://127.0.0.1:{port}/api/tags", timeout=10), 30, "no /api/tags")
-    lines = term.read_until("status=200", 30)
-    term.proc.send_signal(signal.SIGINT)
-    assert term.close() == 0
+    ) as term:
+        term.read_until("Uvicorn running on", 60)  # listening (startup completes just before)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/tags", timeout=10), "/api/tags", 30)
+        lines = term.read_until("status=200", 30)
+        term.proc.send_signal(signal.SIGINT)
+        assert term.close() == 0
     logged = [ln for ln in term.output.splitlines() if " INFO " in ln]
     assert logged and not any(ln.lstrip("\r\x1b[K").startswith("{") for ln in logged)
     assert "INFO vllama.access: request" in lines and "route=/api/tags" in lines

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from tests import procs
 from tests.engines import Engine, demo_model_dir, embed_model_dir
 from tests.hub import DEMO_REPO, EMBED_REPO, GATED, MISSING, Hub, repo_commit
 from tests.procs import free_port, wait_for
+from tests.terminal import Terminal
 from tests.unit.cli.serve_proc import run_serve
 
 pytestmark = pytest.mark.timeout(300)
@@ -103,23 +103,13 @@ def test_pull_downloads_both_models_byte_for_byte(tmp_path: Path, hub: Hub) -> N
 
 
 def test_pull_shows_progress_on_a_terminal(tmp_path: Path, hub: Hub) -> None:
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen(
+    with Terminal(
         [sys.executable, "-m", "vllama.cli.main", "pull", DEMO_REPO],
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        env=_env(tmp_path, hub.url),
-        cwd=tmp_path,
-    )
-    os.close(terminal)
-    output = b""
-    with contextlib.suppress(OSError):  # EIO once the process closed the terminal
-        while chunk := os.read(controller, 65536):
-            output += chunk
-    os.close(controller)
-    assert proc.wait(120) == 0, output.decode(errors="replace")
-    text = output.decode(errors="replace")
+        _env(tmp_path, hub.url),
+        tmp_path,
+    ) as term:
+        text = term.read_to_end(120)
+        assert term.close() == 0, text
     assert f"pulling {WEIGHTS}: 100.0% of" in text and "\r" in text  # one updating line
     assert f"pulled {DEMO_REPO} into" in text
 

@@ -25,7 +25,6 @@ PROMETHEUS = REPO / "monitoring" / "prometheus"
 LEDGER: dict[str, dict[str, int]] = {
     "facade": {
         "Makefile": 1,
-        "app/vllama/bench/command.py": 1,
         "app/vllama/bench/load.py": 1,
         "app/vllama/cli/config_cmd.py": 1,
         "app/vllama/cli/main.py": 1,

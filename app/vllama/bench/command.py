@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vllama.bench.load import LoadSpec, sweep
+from vllama.config import DEFAULT_PORT
 
 _COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("conc", lambda s: s["concurrency"]),
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url",
         nargs="?",
-        default="http://127.0.0.1:11434",
+        default=f"http://127.0.0.1:{DEFAULT_PORT}",
         help="the target's base URL (default: the local façade)",
     )
     parser.add_argument("--model", required=True, help="model name as the target knows it")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.procs import await_for
 from vllama.config import ModelLaunch, Settings
 from vllama.engine.launch import EngineSpec
 from vllama.lifecycle.catalog import Loadable
@@ -225,13 +226,6 @@ async def make() -> AsyncIterator[Make]:
             bench.processes.remove(url)
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_concurrent_first_requests_share_one_start(make: Make) -> None:
     bench = await make()
     answers = await asyncio.gather(*(bench.chat("org/a") for _ in range(8)))
@@ -268,10 +262,10 @@ async def test_keep_alive_rules(make: Make) -> None:
     assert state is not None and state.expires_at is not None
     assert 0 < state.expires_at - time.time() <= 0.3
     assert state.size == 123_000_000 and state.size_vram == 0  # measured; CPU build
-    await wait_until(lambda: bench.loaded() == [])
+    await await_for(lambda: bench.loaded() == [], "nothing loaded", 5.0)
     await bench.chat("org/b", keep_alive=-1)  # negative: stays
     await bench.chat("org/a", keep_alive=0)  # 0: gone as soon as its request ended
-    await wait_until(lambda: bench.loaded() == ["org/b"], timeout=1.0)
+    await await_for(lambda: bench.loaded() == ["org/b"], "org/b alone loaded", 1.0)
     await asyncio.sleep(0.5)
     assert bench.loaded() == ["org/b"]
     forever = bench.pool.load_state(bench.pool.resolve("org/b"))
@@ -284,7 +278,9 @@ async def test_a_model_waits_for_memory_that_is_being_freed(make: Make) -> None:
     procs = StandInProcesses(remove_s=1.0)
     bench = await make(processes=procs, keep_alive="0.1s", engine_wait_s=0.1)
     await bench.chat("org/a")
-    await wait_until(lambda: bench.scheduler._engines["org/a"].state == "stopping")
+    await await_for(
+        lambda: bench.scheduler._engines["org/a"].state == "stopping", "org/a stopping", 5.0
+    )
     assert await bench.chat("org/b") == "org/b"
     assert procs.removed == ["org/a"] and bench.loaded() == ["org/b"]
 
@@ -298,18 +294,18 @@ async def test_unload_now_and_not_while_busy(make: Make) -> None:
     assert await bench.pool.unload("org/zzz") is False
     # A busy model goes when its request ends (Ollama's rule for `ollama stop`).
     busy = asyncio.ensure_future(bench.chat("org/b", hold_s=0.5))
-    await wait_until(lambda: bench.loaded() == ["org/b"])
+    await await_for(lambda: bench.loaded() == ["org/b"], "org/b alone loaded", 5.0)
     await asyncio.sleep(0.1)
     assert await bench.pool.unload("org/b") is True
     assert bench.loaded() == ["org/b"]
     assert await busy == "org/b"
-    await wait_until(lambda: bench.loaded() == [], timeout=1.0)
+    await await_for(lambda: bench.loaded() == [], "nothing loaded", 1.0)
 
 
 async def test_busy_engines_hold_the_memory_then_503_names_them(make: Make) -> None:
     bench = await make(engine_wait_s=0.4)
     busy = asyncio.ensure_future(bench.chat("org/a", hold_s=1.5))
-    await wait_until(lambda: bench.loaded() == ["org/a"])
+    await await_for(lambda: bench.loaded() == ["org/a"], "org/a alone loaded", 5.0)
     await asyncio.sleep(0.1)
     with pytest.raises(NotEnoughMemory) as exc:
         await bench.chat("org/b")
