@@ -189,7 +189,12 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             f"{front['stream_tokens']}-token streams; {front['rounds']} rounds × "
             f"{front['seconds_per_run']} s per target and level. During the phase: "
             f"{describe_load(front['load'])}. Frontend's child processes (not counted): "
-            f"{', '.join(front.get('frontend_children', [])) or '–'}.",
+            f"{', '.join(front.get('frontend_children', [])) or '–'}."
+            + (
+                f" The engine's extra flags: `{' '.join(front['engine_args'])}`."
+                if front.get("engine_args")
+                else ""
+            ),
             "",
             *frontend_lines(results),
             "",

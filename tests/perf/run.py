@@ -47,6 +47,7 @@ from tests.procs import REPO
 RESULTS = REPO / "docs" / "performance-results.json"
 REPORT = REPO / "docs" / "performance.md"
 FACADE_APP: Path | None = None  # --facade-app: another checkout's façade
+ENGINE_ARGS: list[str] = []  # --engine-arg: more flags for the frontend phase's engine
 STREAM_TOKENS = 64  # tokens per streamed answer, both phases
 
 
@@ -197,7 +198,7 @@ def frontend_phase(quick: bool) -> dict[str, Any]:
     concurrencies = [1, 32] if quick else [1, 32, 128]
     rounds = 2 if quick else 3
     seconds = 5.0 if quick else 8.0
-    engine = start_engine("chat")
+    engine = start_engine("chat", extra_args=ENGINE_ARGS)
     try:
         assert engine.proc is not None
         frontend = psutil.Process(engine.proc.pid)  # vLLM's API server: the HTTP frontend
@@ -238,6 +239,7 @@ def frontend_phase(quick: bool) -> dict[str, Any]:
                 "rounds": rounds,
                 "seconds_per_run": seconds,
                 "stream_tokens": STREAM_TOKENS,
+                "engine_args": ENGINE_ARGS,
                 "frontend_children": children,
                 "streams_256": streams,
                 "load": load.summary(),
@@ -275,11 +277,19 @@ def main() -> None:
         type=Path,
         help="run the façade from this checkout's app/ (figures of another commit)",
     )
+    parser.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        help="one more vLLM flag or value for the frontend phase's engine (repeat it), "
+        "e.g. --engine-arg=--stream-interval --engine-arg=8",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file")
     parser.add_argument("--report", type=Path, default=REPORT, help="report file")
     args = parser.parse_args()
     global FACADE_APP
     FACADE_APP = args.facade_app
+    ENGINE_ARGS[:] = args.engine_arg
     phases = args.phases.split(",")
     results: dict[str, Any] = {}
     if args.json.exists() and set(phases) != set(PHASES):  # one phase again: keep the others
