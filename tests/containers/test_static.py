@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from vllama.config import Settings
+
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,6 +176,11 @@ def test_compose_config_clean_and_policies_hold(
         deps = services[facade]["depends_on"]
         assert {d["condition"] for d in deps.values()} == {"service_healthy"}, deps
         assert set(deps) <= ENGINES, deps
+        # Docker's SIGKILL must not come before the façade's drain ends.
+        drain = Settings().drain_delay_s + Settings().drain_timeout_s
+        assert _seconds(services[facade].get("stop_grace_period", "10s")) > drain, facade
+    for engine in ENGINES & set(services):
+        assert _seconds(services[engine].get("stop_grace_period", "10s")) >= 60, engine
     expected = {
         "gpu": {"pull", "vllm", "vllama", "proxy", "dcgm-exporter"},
         "cpu": {"pull-cpu", "vllm-cpu", "vllm-embed", "vllama-cpu", "proxy"},
@@ -186,6 +193,12 @@ def test_compose_config_clean_and_policies_hold(
         devices = gpu["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
         assert gpu.get("shm_size") or gpu.get("ipc") == "host"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration as `docker compose config` writes it ("45s", "1m0s")."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
 
 
 def _env(svc: dict[str, Any]) -> dict[str, str]:

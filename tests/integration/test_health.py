@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -44,6 +46,22 @@ def test_health_needs_no_key(chat_engine: Engine) -> None:
     ) as url:
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         assert httpx.get(f"{url}/health/ready", timeout=10).status_code == 200
+
+
+def test_drain_file_turns_readiness_503_and_back(chat_engine: Engine, tmp_path: Path) -> None:
+    """The documented drain control (a rolling upgrade touches it): readiness says
+    "draining" while `<state_dir>/draining` exists, liveness and requests still answer."""
+    from tests.facade import run_facade
+
+    with run_facade(engines=[{"url": chat_engine.url}], state_dir=tmp_path) as url:
+        assert httpx.get(f"{url}/health/ready", timeout=10).status_code == 200
+        (tmp_path / "draining").touch()
+        r = httpx.get(f"{url}/health/ready", timeout=10)
+        assert r.status_code == 503 and r.json()["status"] == "draining"
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/api/tags", timeout=10).status_code == 200  # still serving
+        (tmp_path / "draining").unlink()
+        assert httpx.get(f"{url}/health/ready", timeout=10).json()["status"] == "ready"
 
 
 def test_readiness_without_a_key_says_ready_or_not_and_nothing_more(chat_engine: Engine) -> None:

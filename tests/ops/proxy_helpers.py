@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,27 @@ class Proxy:
     http_url: str
     metrics_url: str  # the proxy's own metrics endpoint
     access_log: Path
+    env: dict[str, str]
+    state: Path
+    pid: int
+
+    def reload(self, overrides: dict[str, str]) -> None:
+        """Apply new VLLAMA_PROXY_* values the way a deployment does: Caddy re-reads its
+        Caddyfile through its admin API (`caddy reload`), Nginx gets its site re-rendered
+        and SIGHUP. Both are graceful: requests in flight finish on the old config."""
+        self.env.update(overrides)
+        if self.kind == "caddy":
+            result = run(
+                [*caddy_command()[:1], "reload", "--config", str(CADDYFILE), "--adapter",
+                 "caddyfile", "--address", self.env["VLLAMA_PROXY_ADMIN"]],
+                self.env,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise RuntimeError(f"caddy reload failed: {result.stderr[-2000:]}")
+        else:
+            render_nginx(self.env, self.state)
+            os.kill(self.pid, signal.SIGHUP)
+        time.sleep(1)  # new workers / servers take over
 
     def client(self, ca: TestCA, source: str = MONITORING_CLIENT, **kw: object) -> httpx.Client:
         """An HTTPS client trusting the test CA, connecting from `source` (a loopback IP)."""
@@ -173,6 +196,9 @@ def run_proxy(
         http_url=f"http://localhost:{env['VLLAMA_PROXY_HTTP_PORT']}",
         metrics_url=f"http://127.0.0.1:{env['VLLAMA_PROXY_METRICS_PORT']}{metrics_path}",
         access_log=Path(env["VLLAMA_PROXY_ACCESS_LOG"]),
+        env=env,
+        state=state,
+        pid=process.pid,
     )
     with procs.running(process, lambda: _port_open(https_port) and _health_ok(proxy, ca), 30, 10):
         yield proxy
