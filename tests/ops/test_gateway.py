@@ -87,7 +87,7 @@ def answered(url: str, route: str = "/api/chat") -> int:
 
 
 def generate() -> dict[str, Any]:
-    """A request on another route than the streams': counted apart on each façade."""
+    """A request on another route than the chats': counted apart on each façade."""
     return {"model": MODEL, "prompt": "a b", "stream": False, "options": {"num_predict": 4}}
 
 
@@ -241,14 +241,13 @@ def test_a_draining_facade_leaves_rotation_and_comes_back(
         assert answered(other) > 0
 
 
-def _drain(px: Proxy, url: str, state: Path) -> float:
-    """What the rolling upgrade does before it stops a host; returns when it took effect."""
+def _drain(px: Proxy, url: str, state: Path) -> None:
+    """What a rolling upgrade does before it stops a host, until it took effect."""
     (state / "draining").touch()
     if px.kind == "nginx":
         px.reload({"VLLAMA_PROXY_DRAINING": url.removeprefix("http://")})
     else:
         time.sleep(4 * HEALTH_INTERVAL_S)  # Caddy's active check sees readiness 503
-    return time.monotonic()
 
 
 def _undrain(px: Proxy, state: Path) -> None:
