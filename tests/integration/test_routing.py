@@ -24,12 +24,13 @@ CHAT = "vllama-demo"
 HEAVY = {"model": CHAT, "prompt": "go", "max_tokens": 480, "ignore_eos": True}
 
 
-def running(engine: Engine) -> float:
+def at_engine(engine: Engine) -> float:
+    """Requests the engine holds, running or waiting: what the load balancer reads."""
     text = httpx.get(f"{engine.url}/metrics", timeout=10).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("vllm:num_requests_running{")
+        if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))
     )
 
 
@@ -82,7 +83,9 @@ def test_a_replica_busy_with_other_clients_gets_no_new_conversations(
         for t in load:
             t.start()
         try:
-            wait_for(lambda: running(chat_engine) >= 6, "the engine busy", 60)
+            # Running or waiting: on 2 cores the CPU engine admitted fewer than 6 of the
+            # 10 to its batch within a minute in one CI run.
+            wait_for(lambda: at_engine(chat_engine) >= 6, "the engine busy", 60)
             # Up to three rounds of 12 while the load goes on: on a machine as busy as CI's
             # the engine's /metrics can lag; a balancer blind to load splits every round.
             for _ in range(3):

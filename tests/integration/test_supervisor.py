@@ -23,7 +23,11 @@ import ollama
 import pytest
 
 from tests.engines import CACHE
-from tests.integration.test_cli_serve import assert_streams_completed, sigterm_during_streams
+from tests.integration.test_cli_serve import (
+    DRAIN_DELAY,
+    assert_streams_completed,
+    sigterm_during_streams,
+)
 from tests.procs import ProcessExited, wait_for
 from tests.unit.cli.serve_proc import port_free, run_serve
 from vllama.engine.supervisor import group_alive
@@ -63,6 +67,7 @@ def test_supervised_demo_engine(tmp_path: Path) -> None:
         "VLLAMA_ENGINE_STARTUP_TIMEOUT_S": str(STARTUP_TIMEOUT_S),
         "VLLAMA_DRAIN_TIMEOUT_S": "60",
         "VLLAMA_HEALTH_INTERVAL_S": "0.5",
+        **DRAIN_DELAY,
     }
     started = time.monotonic()
     args = ["--demo", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.engines import Engine
 from tests.integration.test_cli_serve import (
+    DRAIN_DELAY,
     assert_streams_completed,
     refused,
     sigterm_during_streams,
@@ -232,7 +233,8 @@ def test_sigterm_says_draining_first_then_refuses(chat_engine: Engine, tmp_path:
 
 
 def test_sigterm_lets_streams_in_flight_finish(chat_engine: Engine, tmp_path: Path) -> None:
-    with run_serve(["--engine", chat_engine.url], tmp_path, env=workers_env(tmp_path)) as serve:
+    env = workers_env(tmp_path, **DRAIN_DELAY)
+    with run_serve(["--engine", chat_engine.url], tmp_path, env=env) as serve:
         wait_for_workers(serve)
         results, sent = sigterm_during_streams(serve)
         wait_for(lambda: refused(f"{serve.url}/health"), "still accepting after SIGTERM", 10)
