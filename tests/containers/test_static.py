@@ -177,7 +177,8 @@ def test_compose_config_clean_and_policies_hold(
         assert {d["condition"] for d in deps.values()} == {"service_healthy"}, deps
         assert set(deps) <= ENGINES, deps
         # Docker's SIGKILL must not come before the façade's drain ends.
-        drain = Settings().drain_delay_s + Settings().drain_timeout_s
+        defaults = Settings()
+        drain = defaults.drain_delay_s + defaults.drain_timeout_s
         assert _seconds(services[facade].get("stop_grace_period", "10s")) > drain, facade
     for engine in ENGINES & set(services):
         assert _seconds(services[engine].get("stop_grace_period", "10s")) >= 60, engine
