@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 VENV=${VLLAMA_OPS_VENV:-.venv-ops}
 PYTHON=${PYTHON:-python3}
-# The `ansible` package carries community.general, ansible.posix and community.docker.
-packages=("ansible>=10,<13" "ansible-lint>=24.7")
+# The `ansible` package carries community.general, ansible.posix and community.docker;
+# pydantic is what vllama's planner needs (ops/ansible/filter_plugins/vllama_plan.py).
+packages=("ansible>=10,<13" "ansible-lint>=24.7" "pydantic>=2.5")
 
 stamp="$VENV/.vllama-ops-setup"
 want=$(sha256sum scripts/setup-ops-venv.sh | cut -c1-16)

@@ -247,6 +247,14 @@ class Settings(BaseModel):
     # idle timeout (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s).
     upstream_keep_alive_s: float = Field(4.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
+    # An engine's /health answer may take this long (the check waits at least
+    # connect_timeout_s too).
+    health_timeout_s: float = Field(5.0, gt=0)
+    # Health checks in a row that time out before a healthy engine is taken out: a busy
+    # engine answers /health late (vLLM's API server shares its CPU with the detokenizer),
+    # and one late answer must not turn readiness 503 and empty a gateway. A refused
+    # connection or a non-200 answer takes it out at once.
+    health_timeouts_to_fail: int = Field(3, ge=1)
     # Among replicas of a model (upstream/balancer.py): "load" (the engines' own running,
     # waiting and KV-cache figures from /metrics, polled with the health checks, plus
     # prefix affinity), "least-outstanding" (this process's count only), "round-robin".

@@ -50,7 +50,7 @@ class Job:
     port: str  # a key of PORTS
     hosts: str  # Ansible: the Jinja list of hosts it runs on
     port_expr: str  # Ansible: the Jinja expression of its port on host h (engine e, if per_engine)
-    per_engine: bool = False  # Ansible: one target per engine the host runs (vllama_engines)
+    per_engine: bool = False  # Ansible: one target per engine the host runs (plan or list)
     host_label: bool = True  # Ansible: label each target with its inventory host
     labels: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # comment lines in both files
@@ -85,10 +85,13 @@ JOBS = (
         "dcgm",
         "dcgm-exporter",
         "dcgm_exporter",
-        "(groups[vllama_monitoring_gpu_group] | default([])) if vllama_monitoring_dcgm | bool"
-        " else []",
-        "vllama_monitoring_dcgm_port",
-        notes=("Empty on CPU-only hosts and fleets: the GPU alerts then stay silent.",),
+        "(groups[vllama_monitoring_gpu_group] | default([]) | vllama_dcgm_hosts(hostvars))"
+        " if vllama_monitoring_dcgm | bool else []",
+        "hostvars[h].vllama_dcgm_port | default(vllama_monitoring_dcgm_port)",
+        notes=(
+            "The GPU hosts that run the exporter (role vllama_dcgm, or compose's gpu profile);",
+            "empty on CPU-only fleets: the GPU alerts then stay silent.",
+        ),
     ),
     Job(
         "proxy",
@@ -144,7 +147,8 @@ def ansible_template(job: Job) -> str:
     body = head + _ADDR + "\n" + "{% set ns = namespace(n=0) %}\n"
     body += f"{{% set hosts = {job.hosts} %}}\n" + "{% for h in hosts %}\n"
     if job.per_engine:
-        body += "{% for e in hostvars[h].vllama_engines | default([]) %}\n"
+        # The host's engines from its vllama_plan or vllama_engines (ops/ansible/filter_plugins).
+        body += "{% for e in hostvars[h] | vllama_engines_of %}\n"
         body += "{% set ns.n = ns.n + 1 %}\n" + target
         body += _labels(job, {"model_unit": "{{ e.name }}"})
         body += "{% endfor %}\n"

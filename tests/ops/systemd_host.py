@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -251,3 +252,15 @@ def run_playbook(bin_dir: Path, inventory: Path, *args: str, timeout: float = 15
     )
     ok, changed, failed = (int(g) for g in recap.groups()) if recap else (0, -1, -1)
     return PlaybookRun(res.returncode, output, ok, changed, failed, time.monotonic() - started)
+
+
+def private_wheelhouse(workdir: Path) -> Path:
+    """vllama's wheel and the venv's exact closure (CPU torch included), made on this machine
+    and hard-linked into a private copy under `workdir` (ops/build-wheelhouse.sh prunes old
+    ones); `workdir` must be on the repository's file system (.cache)."""
+    res = run([str(REPO / "ops/build-wheelhouse.sh")], timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    built = Path(res.stdout.strip().splitlines()[-1])
+    private = workdir / "wheelhouse"
+    shutil.copytree(built, private, copy_function=os.link)
+    return private

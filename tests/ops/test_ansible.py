@@ -18,25 +18,31 @@ import os
 import shutil
 import ssl
 import subprocess
+import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import ollama
 import pytest
 
 from tests.hub import DEMO_REPO, Hub, docker_gateway
-from tests.ops.conftest import REPO, run
+from tests.ops.conftest import REPO
+from tests.ops.dcgm_standin import build_debs
 from tests.ops.systemd_host import (
     ANSIBLE_DIR,
     Host,
     PlaybookRun,
     ops_venv,
+    private_wheelhouse,
     run_playbook,
     systemd_host,
     write_inventory,
 )
 from tests.procs import wait_for
+from vllama.config import DEFAULT_PORT
 
 ENGINE_UNIT = "vllama-engine@demo.service"
 SERVICES = [
@@ -47,8 +53,11 @@ SERVICES = [
     "prometheus.service",
     "prometheus-alertmanager.service",
     "prometheus-node-exporter.service",
+    # Role vllama_dcgm with the STAND-IN packages (tests/ops/dcgm_standin.py).
+    "nvidia-dcgm.service",
+    "nvidia-dcgm-exporter.service",
 ]
-JOBS = {"prometheus", "vllama", "vllm", "node", "proxy", "alertmanager"}
+JOBS = {"prometheus", "vllama", "vllm", "node", "dcgm", "proxy", "alertmanager"}
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +137,6 @@ class Deployment:
         )
 
 
-def _wheelhouse(workdir: Path) -> Path:
-    """vllama's wheel and the venv's exact closure (CPU torch included), made on this machine
-    and hard-linked into a private copy (ops/build-wheelhouse.sh prunes old ones)."""
-    res = run([str(REPO / "ops/build-wheelhouse.sh")], timeout=1500)
-    assert res.returncode == 0, res.stderr[-3000:]
-    built = Path(res.stdout.strip().splitlines()[-1])
-    private = workdir / "wheelhouse"
-    shutil.copytree(built, private, copy_function=os.link)
-    return private
-
-
 # The JSON-valued flag travels inventory -> flags file -> `vllama engine` -> vLLM whole:
 # a chat that names no limit stops at this many tokens.
 DEFAULT_MAX_TOKENS = 6
@@ -151,7 +149,7 @@ def deployed(ansible_bin: Path, hub: Hub) -> Iterator[Deployment]:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
-        wheelhouse = _wheelhouse(workdir)
+        wheelhouse = private_wheelhouse(workdir)
         # The local hub, reached from the host container through the Docker bridge.
         hub_url = hub.listen(docker_gateway())
         with systemd_host(workdir, {wheelhouse: "/srv/wheelhouse"}) as host:
@@ -169,28 +167,35 @@ def deployed(ansible_bin: Path, hub: Hub) -> Iterator[Deployment]:
                     "vllama_wheel_dir": str(wheelhouse),
                     "vllama_engines_hf_endpoint": hub_url,
                     "vllama_monitoring_grafana": False,  # not in Debian, no repository here
-                    "vllama_monitoring_dcgm": False,
-                    "vllama_engines": [
-                        {
-                            "name": "demo",
-                            "model": DEMO_REPO,  # pulled from the hub before the unit starts
-                            "served_name": "vllama-demo",
-                            "port": 8001,
-                            "args": [
-                                "--max-model-len",
-                                "512",
-                                "--dtype",
-                                "bfloat16",
-                                "--disable-log-stats",
-                                "--seed",
-                                "0",
-                                "--enforce-eager",
-                                "--override-generation-config",
-                                json.dumps({"max_new_tokens": DEFAULT_MAX_TOKENS}),
-                            ],
-                            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-                        }
-                    ],
+                    # DCGM from .debs (the offline path): the STAND-IN packages, on a
+                    # host that has no GPU (vllama_dcgm: true overrides the CPU build's off).
+                    "vllama_dcgm": True,
+                    "vllama_dcgm_debs": [str(d) for d in build_debs(workdir / "dcgm")],
+                    # The host's engines declared once, laid out by vllama's planner
+                    # (ops/ansible/filter_plugins): a CPU host (gpus 0), one engine.
+                    "vllama_plan": {
+                        "gpus": 0,
+                        "engines": [
+                            {
+                                "name": "demo",
+                                "model": DEMO_REPO,  # pulled from the hub before the unit starts
+                                "served_name": "vllama-demo",
+                                "args": [
+                                    "--max-model-len",
+                                    "512",
+                                    "--dtype",
+                                    "bfloat16",
+                                    "--disable-log-stats",
+                                    "--seed",
+                                    "0",
+                                    "--enforce-eager",
+                                    "--override-generation-config",
+                                    json.dumps({"max_new_tokens": DEFAULT_MAX_TOKENS}),
+                                ],
+                                "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+                            }
+                        ],
+                    },
                 },
             )
             first = run_playbook(ansible_bin, inventory)
@@ -231,6 +236,14 @@ def test_first_run_leaves_every_service_active(deployed: Deployment) -> None:
     # Both units carry the shared hardening drop-in.
     for unit in ("vllama.service", ENGINE_UNIT):
         assert "/hardening.conf" in deployed.host.show(unit, "DropInPaths"), unit
+    # The façade's config holds the inventory's declaration: vllama on the host lays out
+    # the engine the unit runs (what `vllama serve` fronts and `vllama doctor` checks).
+    res = deployed.host.sh(
+        "/opt/vllama/venv/bin/vllama plan --config /etc/vllama/config.toml --json"
+    )
+    assert res.returncode == 0, res.stderr
+    laid_out = [(e["name"], e["port"]) for e in json.loads(res.stdout)["engines"]]
+    assert laid_out == [("demo", 8001)] and "--port 8001" in cmdline
 
 
 @pytest.mark.docker
@@ -273,10 +286,15 @@ def test_ollama_chat_through_the_proxy(deployed: Deployment) -> None:
     assert any(n and n.startswith("vllama-demo") for n in names), names
 
 
-def _targets(deployed: Deployment) -> list[dict[str, object]]:
-    url = f"http://127.0.0.1:{deployed.host.ports[9090]}/api/v1/targets?state=active"
+def _prometheus(deployed: Deployment, path: str) -> Any:
+    """The `data` of an answer of the host's Prometheus API (/api/v1/PATH)."""
+    url = f"http://127.0.0.1:{deployed.host.ports[9090]}/api/v1/{path}"
     with urllib.request.urlopen(url, timeout=10) as resp:
-        return list(json.load(resp)["data"]["activeTargets"])
+        return json.load(resp)["data"]
+
+
+def _targets(deployed: Deployment) -> list[dict[str, object]]:
+    return list(_prometheus(deployed, "targets?state=active")["activeTargets"])
 
 
 @pytest.mark.docker
@@ -299,6 +317,36 @@ def test_prometheus_scrapes_every_target(deployed: Deployment) -> None:
         raise AssertionError(f"targets not up: {down}") from None
 
 
+def _query(deployed: Deployment, promql: str) -> list[dict[str, Any]]:
+    return list(
+        _prometheus(deployed, "query?" + urllib.parse.urlencode({"query": promql}))["result"]
+    )
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_dcgm_runs_with_vllama_counters_and_its_gpu_metrics_reach_prometheus(
+    deployed: Deployment,
+) -> None:
+    host = deployed.host
+    pid = host.show("nvidia-dcgm-exporter.service", "MainPID")
+    cmdline = host.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
+    # The role's drop-in: vllama's counters, the port Prometheus scrapes, the host engine.
+    assert "-f /etc/dcgm-exporter/vllama-counters.csv -a :9400 -r localhost:5555" in cmdline
+    counters = (REPO / "monitoring/dcgm/counters.csv").read_text()
+    assert host.sh("cat /etc/dcgm-exporter/vllama-counters.csv").stdout == counters
+    wait_for(
+        lambda: _query(deployed, 'DCGM_FI_DEV_GPU_TEMP{job="dcgm"}'),
+        "the recorded GPU temperature in Prometheus",
+        120,
+        interval=1,
+        errors=(Exception,),
+    )
+    (series,) = _query(deployed, 'DCGM_FI_DEV_GPU_TEMP{job="dcgm"}')
+    assert series["metric"]["host"] == "testhost" and series["metric"]["gpu"] == "0"
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -307,6 +355,96 @@ def test_second_run_changes_nothing(deployed: Deployment) -> None:
     print(f"second deploy.yml run: {second.seconds:.0f}s")
     assert second.rc == 0 and second.failed == 0, second.output[-6000:]
     assert second.changed == 0, f"changed={second.changed}: {second.changed_tasks()}"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_an_engine_the_host_no_longer_has_is_stopped_and_removed(deployed: Deployment) -> None:
+    """An engine that left the declaration (fewer replicas, another model) must not keep its
+    GPU: the next run disables its unit and removes its files; the others keep running."""
+    host = deployed.host
+    ghost = "vllama-engine@ghost.service"
+    res = host.sh(
+        "cd /etc/vllama/engines && cp -p demo.env ghost.env && cp -p demo.args ghost.args "
+        f"&& systemctl enable {ghost}"
+    )
+    assert res.returncode == 0 and host.show(ghost, "UnitFileState") == "enabled", res.stderr
+    demo_pid = host.show(ENGINE_UNIT, "MainPID")
+    run = run_playbook(deployed.bin_dir, deployed.inventory)
+    assert run.rc == 0 and run.failed == 0, run.output[-6000:]
+    assert host.show(ghost, "UnitFileState") == "disabled"
+    assert host.sh("ls /etc/vllama/engines").stdout.split() == ["demo.args", "demo.env"]
+    assert host.show(ENGINE_UNIT, "MainPID") == demo_pid  # untouched
+
+
+# Run on the host (a client that reached the façade before the gateways noticed the drain):
+# readiness as the gateways see it, then one stream; prints what it saw as JSON, with the
+# kernel's monotonic clock (systemd's *TimestampMonotonic use the same one).
+_STREAM_ON_HOST = """
+import json, time, urllib.error, urllib.request
+base = 'http://127.0.0.1:%d'
+try:
+    ready = urllib.request.urlopen(base + '/health/ready', timeout=5).status
+except urllib.error.HTTPError as exc:
+    ready = exc.code
+body = json.dumps({'model': 'vllama-demo', 'prompt': 'Count to one hundred:',
+                   'options': {'num_predict': 300, 'temperature': 0}}).encode()
+req = urllib.request.Request(base + '/api/generate', body, {'Content-Type': 'application/json'})
+started = time.monotonic()
+last = {}
+with urllib.request.urlopen(req, timeout=300) as resp:
+    for line in resp:
+        last = json.loads(line)
+print(json.dumps({'ready': ready, 'started': started, 'ended': time.monotonic(), 'last': last}))
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_deploy_that_restarts_the_host_drains_it_first(deployed: Deployment) -> None:
+    """A changed setting restarts the façade: the run takes the host out of rotation
+    (readiness 503), waits for the stream in flight to end, then restarts, and puts the
+    host back (readiness 200). The stream starts once the drain file is there."""
+    host = deployed.host
+    port = DEFAULT_PORT
+    runs: list[PlaybookRun] = []
+    deploy = threading.Thread(
+        target=lambda: runs.append(
+            run_playbook(
+                deployed.bin_dir,
+                deployed.inventory,
+                "-e",
+                json.dumps({"vllama_settings": {"drain_delay_s": 1}}),
+            )
+        )
+    )
+    deploy.start()
+    try:
+        wait_for(
+            lambda: host.sh("test -e /var/lib/vllama/draining").returncode == 0,
+            "the deploy to drain the host",
+            600,
+            interval=0.2,
+        )
+        stream = host.sh(f"python3 - <<'EOF'\n{_STREAM_ON_HOST % port}\nEOF", timeout=600)
+    finally:
+        deploy.join(timeout=900)
+    assert runs and runs[0].rc == 0 and runs[0].failed == 0, runs and runs[0].output[-6000:]
+    assert stream.returncode == 0, stream.stderr
+    seen = json.loads(stream.stdout)
+    assert seen["ready"] == 503  # the gateways saw it out of rotation
+    assert seen["last"].get("done") is True and seen["last"].get("eval_count", 0) > 0, seen
+    # The old façade began stopping only after the stream had ended.
+    stopped_at = int(host.show("vllama.service", "ActiveExitTimestampMonotonic")) / 1e6
+    assert seen["ended"] <= stopped_at, (seen, stopped_at)
+    assert host.sh("test -e /var/lib/vllama/draining").returncode != 0
+    ready = host.sh(
+        'python3 -c "import urllib.request as u; '
+        f"print(u.urlopen('http://127.0.0.1:{port}/health/ready', timeout=5).status)\""
+    )
+    assert ready.stdout.strip() == "200", ready.stderr
 
 
 @pytest.mark.docker

@@ -78,7 +78,8 @@ LEDGER: dict[str, dict[str, int]] = {
         "compose/compose.yaml": 2,
         "monitoring/prometheus/tests/gpu-alerts.test.yml": 32,
         "monitoring/prometheus/tests/vllama-alerts.test.yml": 1,
-        "ops/ansible/roles/vllama_monitoring/defaults/main.yml": 2,
+        "ops/ansible/roles/vllama_dcgm/defaults/main.yml": 1,
+        "ops/ansible/roles/vllama_monitoring/defaults/main.yml": 1,
         "ops/gpu_check.py": 2,
     },
 }
@@ -160,3 +161,5 @@ def test_ansible_defaults_take_their_ports_from_the_table() -> None:
     assert defaults["vllama_monitoring_dcgm_port"] == ports["dcgm_exporter"]
     role = yaml.safe_load((REPO / "ops/ansible/roles/vllama/defaults/main.yml").read_text())
     assert role["vllama_port"] == ports["facade"]
+    dcgm = yaml.safe_load((REPO / "ops/ansible/roles/vllama_dcgm/defaults/main.yml").read_text())
+    assert dcgm["vllama_dcgm_port"] == ports["dcgm_exporter"]

@@ -41,6 +41,8 @@ DESCRIPTIONS: dict[str, str] = {
     "read_timeout_s": "Longest silence from an engine, in seconds (a non-streamed answer is silent for its whole generation); unset: no limit.",
     "upstream_keep_alive_s": "Seconds an idle connection to an engine is kept (below vLLM's 5 s).",
     "health_interval_s": "Seconds between engine health checks (and load polls of replicated engines).",
+    "health_timeout_s": "Seconds an engine's /health answer may take (at least connect_timeout_s).",
+    "health_timeouts_to_fail": "Health checks in a row that time out before a healthy engine is taken out.",
     "balancer": "Among replicas of a model: load (the engines' own load from /metrics, with prefix affinity), least-outstanding, or round-robin.",
     "affinity_slack": "A conversation leaves its replica only when that one is more than this many requests (and 1.5 times) busier than the least loaded.",
     "prefix_affinity": "Keep a conversation on the replica that holds its prefix cache (balancer = load).",

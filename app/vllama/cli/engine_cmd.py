@@ -27,11 +27,22 @@ from pathlib import Path
 
 from vllama.cli.output import FAILED, USAGE, CliError, emit_json
 from vllama.config import ModelLaunch, Settings
-from vllama.engine.launch import ENGINE_HOST, EngineSpec, engine_spec, is_cpu_build
+from vllama.engine.launch import (
+    ENGINE_HOST,
+    EngineSpec,
+    engine_spec,
+    is_cpu_build,
+    with_defaults,
+)
 from vllama.engine.plan import PlanError, plan_host
 from vllama.models.store import ModelStore
 
 DEFAULT_PORT = 8000  # vLLM's own default
+# vLLM's own graceful shutdown (vLLM 0.32 `--shutdown-timeout`; its default 0 aborts what
+# it is running): a stopped engine lets its running requests finish for up to this long.
+# Below what the service managers wait before SIGKILL: the engine unit's TimeoutStopSec
+# (60 s) and compose's stop_grace_period for engines (60 s).
+ENGINE_DEFAULT_FLAGS = {"--shutdown-timeout": "30"}
 ENV = {
     "model": "VLLAMA_ENGINE_MODEL",
     "served_name": "VLLAMA_ENGINE_NAME",
@@ -114,7 +125,9 @@ def engine_flags(args: argparse.Namespace, environ: Mapping[str, str]) -> list[s
             ) from exc
     elif environ.get(ENV["args"]):
         flags += parse_flags(environ[ENV["args"]], ENV["args"])
-    return flags + list(getattr(args, "engine_extra", []) or [])
+    return with_defaults(
+        flags + list(getattr(args, "engine_extra", []) or []), ENGINE_DEFAULT_FLAGS
+    )
 
 
 def check_model_ready(model: str, settings: Settings, environ: Mapping[str, str]) -> None:

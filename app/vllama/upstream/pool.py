@@ -118,6 +118,7 @@ class Engine:
         self.breaker = breaker
         self.cards: list[discovery.ModelCard] | None = None  # None: never discovered
         self.healthy = False
+        self.late_checks = 0  # health checks in a row that timed out while healthy
         self.outstanding = 0
         self.load: EngineLoad | None = None  # its own figures, when it has replicas
         self.kind: str | None = None  # "completion"/"embedding" once known
@@ -416,16 +417,32 @@ class EnginePool:
                 log.exception("health check round failed")
 
     async def _check(self, engine: Engine, *, rediscover: bool) -> None:
-        timeout = aiohttp.ClientTimeout(total=max(self._settings.connect_timeout_s, 5.0))
+        settings = self._settings
+        timeout = aiohttp.ClientTimeout(
+            total=max(settings.connect_timeout_s, settings.health_timeout_s)
+        )
         was_healthy = engine.healthy
+        late = False
         try:
             async with self.session.get(
                 f"{engine.url}/health", headers=self._auth(engine), timeout=timeout
             ) as resp:
                 await resp.read()
                 ok = resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:  # aiohttp's own timeouts are this too
+            ok, late = False, True
+        except aiohttp.ClientError:
             ok = False
+        if late and was_healthy:
+            engine.late_checks += 1
+            if engine.late_checks < settings.health_timeouts_to_fail:
+                log.info(
+                    "engine %s answered no health check for %d round(s); kept in",
+                    engine.url,
+                    engine.late_checks,
+                )
+                return
+        engine.late_checks = 0
         engine.healthy = ok
         if self._metrics is not None:
             self._metrics.set_engine_up(engine.url, ok)

@@ -193,3 +193,15 @@ def test_planned_engine_errors_name_the_choices() -> None:
     args.engine_extra = []
     with pytest.raises(CliError, match="not both"):
         plan(args, settings, {})
+
+
+def test_an_engine_stops_gracefully_unless_told_otherwise() -> None:
+    """vLLM's own default (0) aborts running requests on SIGTERM; `vllama engine` lets them
+    finish for 30 s (below systemd's TimeoutStopSec and compose's stop_grace_period)."""
+    flags = _flags_after_name(_plan(["--model", "org/m"], {}))
+    assert flags[flags.index("--shutdown-timeout") + 1] == "30"
+    own = _flags_after_name(_plan(["--model", "org/m"], {}, ["--shutdown-timeout", "0"]))
+    assert own.count("--shutdown-timeout") == 1
+    assert own[own.index("--shutdown-timeout") + 1] == "0"
+    env = {"VLLAMA_ENGINE_MODEL": "org/m", "VLLAMA_ENGINE_ARGS": "--shutdown-timeout=5"}
+    assert "--shutdown-timeout" not in _flags_after_name(_plan([], env))  # given as flag=value

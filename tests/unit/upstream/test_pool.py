@@ -15,6 +15,7 @@ from aiohttp import web
 from tests.procs import free_port
 from vllama.config import Settings
 from vllama.upstream.balancer import affinity_key
+from vllama.upstream.breaker import BreakerState
 from vllama.upstream.errors import EngineHTTPError, ModelNotFound, NoHealthyEngine
 from vllama.upstream.pool import EnginePool
 
@@ -33,6 +34,7 @@ class FakeEngine:
         self.running = 0.0  # what /metrics reports, as vLLM does
         self.waiting = 0.0
         self.metrics_polls = 0
+        self.health_delay = 0.0  # seconds /health takes (a busy engine answers late)
 
     async def start(self) -> None:
         app = web.Application()
@@ -51,6 +53,7 @@ class FakeEngine:
             await self.runner.cleanup()
 
     async def health(self, _: web.Request) -> web.Response:
+        await asyncio.sleep(self.health_delay)
         return web.Response()
 
     async def metrics(self, _: web.Request) -> web.Response:
@@ -430,3 +433,47 @@ async def test_engines_without_replicas_are_not_polled(make_pool: Factory) -> No
     pool, (solo, other) = await make_pool(["a", "b"])
     await pool.refresh()
     assert solo.metrics_polls == other.metrics_polls == 0
+
+
+async def test_late_health_answers_take_an_engine_out_only_after_several_rounds(
+    make_pool: Factory,
+) -> None:
+    """A busy engine answering /health late keeps serving (readiness stays 200, a gateway
+    keeps the host); as many late rounds as health_timeouts_to_fail take it out."""
+    pool, (a,) = await make_pool(
+        ["m"],
+        health_interval_s=60,
+        health_timeout_s=0.2,
+        connect_timeout_s=0.2,
+        health_timeouts_to_fail=3,
+    )
+    engine = pool.engines()[0]
+    assert engine.healthy
+    a.health_delay = 1.0
+    for _ in range(2):
+        await pool.refresh()
+        assert engine.healthy and engine.breaker.state is BreakerState.CLOSED
+    await pool.refresh()
+    assert not engine.healthy
+    a.health_delay = 0.0
+    await pool.refresh()
+    assert engine.healthy
+    # Counted in a row: a timely answer in between starts the count again.
+    a.health_delay = 1.0
+    await pool.refresh()
+    await pool.refresh()
+    a.health_delay = 0.0
+    await pool.refresh()
+    a.health_delay = 1.0
+    await pool.refresh()
+    await pool.refresh()
+    assert engine.healthy
+
+
+async def test_a_refused_health_check_takes_an_engine_out_at_once(make_pool: Factory) -> None:
+    pool, (a,) = await make_pool(["m"], health_interval_s=60, health_timeouts_to_fail=3)
+    engine = pool.engines()[0]
+    assert engine.healthy
+    await a.stop()
+    await pool.refresh()
+    assert not engine.healthy
