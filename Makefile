@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help venv test-venv demo test lint unit bench profile gpu-check clean
+.PHONY: help venv test-venv demo test lint unit bench profile gpu-check fleet-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ profile: test-venv ## where the façade's CPU goes (py-spy); writes docs/perform
 
 gpu-check: venv ## on a GPU host: doctor, NVML, a small model via façade + proxy, DCGM (GPU_CHECK_ARGS=--json)
 	$(PY) ops/gpu_check.py $(GPU_CHECK_ARGS)
+
+fleet-check: test-venv ## two systemd hosts rolled under load by deploy.yml (~30 min; not in make test)
+	scripts/install-system-deps.sh
+	VLLAMA_FLEET=1 $(PY) -m pytest tests/fleet -v -s
 
 clean: ## remove caches (not the venv)
 	rm -rf .cache/logs .pytest_cache .mypy_cache .ruff_cache
