@@ -41,7 +41,7 @@ profile: test-venv ## where the façade's CPU goes (py-spy); writes docs/perform
 gpu-check: venv ## on a GPU host: doctor, NVML, a small model via façade + proxy, DCGM (GPU_CHECK_ARGS=--json)
 	$(PY) ops/gpu_check.py $(GPU_CHECK_ARGS)
 
-fleet-check: test-venv ## two systemd hosts rolled under load by deploy.yml (~30 min; not in make test)
+fleet-check: test-venv ## systemd hosts rolled under load by deploy.yml, and a 2-host multi-node model (~20 min; not in make test)
 	scripts/install-system-deps.sh
 	VLLAMA_FLEET=1 $(PY) -m pytest tests/fleet -v -s
 

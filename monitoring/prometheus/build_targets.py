@@ -62,7 +62,7 @@ JOBS = (
         "vllama",
         "vllama",
         "facade",
-        "groups[vllama_monitoring_gpu_group] | default([])",
+        "groups[vllama_monitoring_gpu_group] | default([]) | vllama_facade_hosts(hostvars)",
         f"hostvars[h].vllama_port | default({PORTS['facade']})",
     ),
     Job(
@@ -147,8 +147,9 @@ def ansible_template(job: Job) -> str:
     body = head + _ADDR + "\n" + "{% set ns = namespace(n=0) %}\n"
     body += f"{{% set hosts = {job.hosts} %}}\n" + "{% for h in hosts %}\n"
     if job.per_engine:
-        # The host's engines from its vllama_plan or vllama_engines (ops/ansible/filter_plugins).
-        body += "{% for e in hostvars[h] | vllama_engines_of %}\n"
+        # The host's engines from its vllama_plan, vllama_engines or vllama_cluster
+        # (ops/ansible/filter_plugins); a cluster's headless workers serve no /metrics.
+        body += "{% for e in hostvars[h] | vllama_served_engines_of %}\n"
         body += "{% set ns.n = ns.n + 1 %}\n" + target
         body += _labels(job, {"model_unit": "{{ e.name }}"})
         body += "{% endfor %}\n"

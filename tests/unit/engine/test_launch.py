@@ -164,3 +164,26 @@ def test_engines_report_per_request_timings_unless_stats_are_off() -> None:
         "--enable-per-request-metrics"
         not in engine_spec(quiet, settings, 8001, cpu_build=False).command
     )  # vLLM refuses the two together
+
+
+def test_a_headless_share_of_a_multi_node_engine_runs_vllms_serve_command() -> None:
+    """A worker of a model larger than one host has no API server: the OpenAI server module
+    would ignore --headless and listen; vLLM's serve command runs the worker processes."""
+    multi_node = ["--pipeline-parallel-size", "2", "--nnodes", "2", "--master-addr", "10.1.0.11"]
+    worker = engine_spec(
+        ModelLaunch(model="m", engine_args=[*multi_node, "--node-rank", "1", "--headless"]),
+        _settings(),
+        8001,
+        cpu_build=False,
+        environ={},
+    )
+    assert worker.command[1:3] == ["-m", "vllama.engine.vllm_serve"]
+    assert worker.command[-3:-1] == ["1", "--headless"]
+    head = engine_spec(
+        ModelLaunch(model="m", engine_args=[*multi_node, "--node-rank", "0"]),
+        _settings(),
+        8001,
+        cpu_build=False,
+        environ={},
+    )
+    assert head.command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
