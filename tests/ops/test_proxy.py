@@ -352,21 +352,24 @@ def test_client_hangup_cancels_the_generation(
         "prompt": "a b c d e f g",
         "options": {"num_predict": HANGUP_LONG, "temperature": 0},
     }
-    with (
-        run_facade(engines=[{"url": own_engine.url}], log_format="text") as url,
-        run_proxy(kind, test_ca, url, tmp_path) as proxy,
-        proxy.client(test_ca, timeout=60) as client,
-    ):
-        # At temperature 0 the demo model never stops early (done_reason "length"), so an
-        # engine left running produces all HANGUP_LONG tokens. A hang-up through the proxy stops
-        # it sooner; on a busy CPU the engine can race ahead of the stream, so the best of
-        # three tries counts (a proxy that does not pass the hang-up on fails every one).
-        generated = []
-        for _ in range(3):
+    # At temperature 0 the demo model never stops early (done_reason "length"), so an engine
+    # left running produces all HANGUP_LONG tokens. A hang-up through the proxy stops it
+    # sooner; the best of three tries counts (a proxy that does not pass the hang-up on fails
+    # every one). Each try has a façade and a proxy of its own: behind Nginx the façade
+    # sometimes hears of the hang-up seconds late (uvicorn's http.disconnect 16-25 s after
+    # Nginx logged the upstream connection closed, in about 1 run of 3 here; open, see
+    # docs/security.md), and the tries of one pair then failed alike (CI run 13).
+    generated = []
+    for attempt in range(3):
+        with (
+            run_facade(engines=[{"url": own_engine.url}], log_format="text") as url,
+            run_proxy(kind, test_ca, url, tmp_path / f"try-{attempt}") as proxy,
+            proxy.client(test_ca, timeout=60) as client,
+        ):
             generated.append(_generated_after_hangup(client, own_engine, body))
-            if generated[-1] < HANGUP_LONG:
-                return
-        pytest.fail(f"the engine generated {generated} of {HANGUP_LONG} tokens after each hang-up")
+        if generated[-1] < HANGUP_LONG:
+            return
+    pytest.fail(f"the engine generated {generated} of {HANGUP_LONG} tokens after each hang-up")
 
 
 def _generated_after_hangup(
