@@ -50,6 +50,7 @@ if str(_APP) not in sys.path:
     sys.path.insert(0, str(_APP))
 
 from vllama.config import DEFAULT_PORT, HostPlan  # noqa: E402
+from vllama.engine.launch import has_flag  # noqa: E402
 from vllama.engine.plan import PlanError, plan_host  # noqa: E402
 
 # Engines listen on every address unless the declaration says otherwise: Prometheus on the
@@ -137,7 +138,7 @@ def _cluster_share(host: Mapping[str, Any]) -> dict[str, Any] | None:
     if (
         cpu
         and pp > 1
-        and ("--enforce-eager" in args or host.get("vllama_host_compiler_packages") == [])
+        and (has_flag(args, "--enforce-eager") or host.get("vllama_host_compiler_packages") == [])
     ):
         raise _cluster_error(
             "the CPU build runs pipeline parallelism compiled only: drop --enforce-eager and "
